@@ -1,0 +1,211 @@
+"""The service's five tables (names and columns as the service has them) and our two own tables.
+
+These mappings describe what a database that roadmap_pipeline creates looks like after the last
+migration (``store/migrations``). Code reads and writes through them in SQLAlchemy 2.0 style and
+must also work against an adopted service database, where:
+
+- ids may be ``uuid`` or ``varchar`` columns (compare them as text in SQL),
+- ``framework_data`` and the other documents are ``json`` rather than ``jsonb``,
+- timestamps are naive (we always write naive UTC),
+- no unique constraint exists beyond the primary keys (writers lock instead of relying on them).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# framework_data is queried as a document by the set-based checks: jsonb on Postgres (2.8x faster
+# than json there), JSON text on SQLite.
+Document = JSON().with_variant(JSONB(), "postgresql")
+ID_LENGTH = 255
+
+
+def utcnow() -> datetime:
+    """Naive UTC, as the service's timestamp columns are naive."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class RoadmapTask(Base):
+    __tablename__ = "roadmap_tasks"
+
+    task_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    status: Mapped[str] = mapped_column(String(32))
+    current_step: Mapped[str | None] = mapped_column(String(64))
+    user_request: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    roadmap_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    task_type: Mapped[str] = mapped_column(String(32), default="creation")
+    concept_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    content_type: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    failed_concepts: Mapped[Any | None] = mapped_column(JSON)
+    execution_summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    __table_args__ = (Index(None, "roadmap_id", "created_at"), Index(None, "status"))
+
+
+class RoadmapMetadata(Base):
+    __tablename__ = "roadmap_metadata"
+
+    roadmap_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    title: Mapped[str] = mapped_column(String(500))
+    total_estimated_hours: Mapped[float | None] = mapped_column(Float)
+    recommended_completion_weeks: Mapped[int | None] = mapped_column(Integer)
+    framework_data: Mapped[dict[str, Any]] = mapped_column(Document)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime)
+    deleted_by: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+
+
+class TutorialMetadata(Base):
+    __tablename__ = "tutorial_metadata"
+
+    tutorial_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    roadmap_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    concept_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    title: Mapped[str] = mapped_column(String(500))
+    summary: Mapped[str | None] = mapped_column(Text)
+    content_url: Mapped[str] = mapped_column(String(1024))
+    content_status: Mapped[str] = mapped_column(String(32), default="completed")
+    content_version: Mapped[int] = mapped_column(Integer)
+    is_latest: Mapped[bool] = mapped_column(Boolean)
+    estimated_completion_time: Mapped[int | None] = mapped_column(Integer)
+    generated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (
+        Index(None, "roadmap_id", "concept_id"),
+        Index(
+            "uq_tutorial_metadata_roadmap_id_concept_id_content_version",
+            "roadmap_id",
+            "concept_id",
+            "content_version",
+            unique=True,
+        ),
+        # At most one latest version per concept (invariant 3).
+        Index(
+            "uq_tutorial_metadata_latest",
+            "roadmap_id",
+            "concept_id",
+            unique=True,
+            postgresql_where=text("is_latest"),
+            sqlite_where=text("is_latest"),
+        ),
+    )
+
+
+class ResourceRecommendationMetadata(Base):
+    __tablename__ = "resource_recommendation_metadata"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    roadmap_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    concept_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    resources: Mapped[list[Any]] = mapped_column(JSON)
+    resources_count: Mapped[int] = mapped_column(Integer)
+    search_queries_used: Mapped[list[Any] | None] = mapped_column(JSON)
+    generated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (
+        Index(
+            "uq_resource_recommendation_metadata_roadmap_id_concept_id",
+            "roadmap_id",
+            "concept_id",
+            unique=True,
+        ),
+    )
+
+
+class QuizMetadata(Base):
+    __tablename__ = "quiz_metadata"
+
+    quiz_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    roadmap_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    concept_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    questions: Mapped[list[Any]] = mapped_column(JSON)
+    total_questions: Mapped[int] = mapped_column(Integer)
+    easy_count: Mapped[int] = mapped_column(Integer, default=0)
+    medium_count: Mapped[int] = mapped_column(Integer, default=0)
+    hard_count: Mapped[int] = mapped_column(Integer, default=0)
+    generated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("uq_quiz_metadata_roadmap_id_concept_id", "roadmap_id", "concept_id", unique=True),
+    )
+
+
+class TutorialObject(Base):
+    """Our own table: the tutorial Markdown, keyed by the row's ``content_url`` (its object key).
+
+    Kept in the database so that the body and its metadata row commit in one transaction and
+    all state lives in one store.
+    """
+
+    __tablename__ = "tutorial_objects"
+
+    content_url: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    roadmap_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    concept_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    markdown: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ContentGeneration(Base):
+    """Our own table: the ledger that makes item writes idempotent.
+
+    One row per generation request of one item, written in the same transaction as the item.
+    A replay of the same generation (a node re-run after a crash) finds its ledger row and
+    changes nothing; the workflow also looks here before calling the generator at all.
+    """
+
+    __tablename__ = "content_generations"
+
+    generation_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    roadmap_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    concept_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    item: Mapped[str] = mapped_column(String(16))
+    row_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    content_version: Mapped[int | None] = mapped_column(Integer)
+    generator: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (Index(None, "roadmap_id", "concept_id"),)
+
+
+SERVICE_TABLE_NAMES = (
+    "roadmap_tasks",
+    "roadmap_metadata",
+    "tutorial_metadata",
+    "resource_recommendation_metadata",
+    "quiz_metadata",
+)
+OWN_TABLE_NAMES = ("tutorial_objects", "content_generations")

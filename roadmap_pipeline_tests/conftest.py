@@ -1,0 +1,84 @@
+"""Shared fixtures: a fresh database per test on SQLite and on PostgreSQL.
+
+PostgreSQL tests use one schema per test in the ``roadmap_pipeline_test`` database (created when
+missing). When the server is not reachable they fail in CI (``CI=true``) and are skipped, with
+the reason, elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+
+from roadmap_pipeline.store.database import create_store_engine
+from roadmap_pipeline.store.migrate import init_db
+
+PG_ADMIN_URL = os.environ.get(
+    "ROADMAP_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+PG_TEST_DB = os.environ.get("ROADMAP_TEST_PG_DB", "roadmap_pipeline_test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _pg_problem() -> str | None:
+    try:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (PG_TEST_DB,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{PG_TEST_DB}"')
+    except psycopg.Error as exc:
+        return f"PostgreSQL at {make_url(PG_ADMIN_URL).render_as_string(hide_password=True)} is not usable: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_database_url() -> str:
+    """URL of the test database (the server is required in CI)."""
+    problem = _pg_problem()
+    if problem:
+        if IN_CI:
+            pytest.fail(problem + " (CI=true: Postgres tests must run)")
+        pytest.skip(problem)
+    return str(make_url(PG_ADMIN_URL).set(database=PG_TEST_DB, drivername="postgresql+psycopg"))
+
+
+@pytest.fixture
+def pg_schema_url(pg_database_url: str) -> Iterator[str]:
+    """A URL whose connections see only a fresh, empty schema (dropped afterwards)."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    base = make_url(pg_database_url)
+    plain = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False
+        )
+    finally:
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """An empty database, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'roadmaps.db'}"
+    return request.getfixturevalue("pg_schema_url")
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A database created by roadmap_pipeline (every constraint), on SQLite and PostgreSQL."""
+    engine = create_store_engine(database_url)
+    init_db(engine)
+    yield engine
+    engine.dispose()
