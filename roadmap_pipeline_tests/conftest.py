@@ -35,7 +35,8 @@ def _pg_problem() -> str | None:
             if not exists:
                 conn.execute(f'CREATE DATABASE "{PG_TEST_DB}"')
     except psycopg.Error as exc:
-        return f"PostgreSQL at {make_url(PG_ADMIN_URL).render_as_string(hide_password=True)} is not usable: {exc}"
+        where = make_url(PG_ADMIN_URL).render_as_string(hide_password=True)
+        return f"PostgreSQL at {where} is not usable: {exc}"
     return None
 
 
