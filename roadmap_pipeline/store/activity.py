@@ -14,16 +14,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from roadmap_pipeline.domain.keys import short_concept_id
+
 
 @dataclass(frozen=True)
 class ActiveWork:
-    """Work that is queued or running: whole roadmaps, or single concepts (stored concept ids)."""
+    """Work that is queued or running: whole roadmaps, or single concepts.
+
+    Concepts are ``(roadmap_id, short concept id)``, the two halves of a concept partition key;
+    ``covers_concept`` accepts a stored concept id in either of the service's forms.
+    """
 
     roadmaps: frozenset[str] = field(default_factory=frozenset)
     concepts: frozenset[tuple[str, str]] = field(default_factory=frozenset)
 
     def covers_concept(self, roadmap_id: str, concept_id: str) -> bool:
-        return roadmap_id in self.roadmaps or (roadmap_id, concept_id) in self.concepts
+        short = short_concept_id(roadmap_id, concept_id)
+        return roadmap_id in self.roadmaps or (roadmap_id, short) in self.concepts
 
     def covers_roadmap(self, roadmap_id: str) -> bool:
         return roadmap_id in self.roadmaps or any(r == roadmap_id for r, _ in self.concepts)
