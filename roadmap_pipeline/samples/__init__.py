@@ -14,15 +14,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, update
 
 from roadmap_pipeline.domain.framework import load_framework, validate_submission
 from roadmap_pipeline.domain.statuses import ItemType, TaskStatus
 from roadmap_pipeline.generation.generator import ConceptContext, generate_item
 from roadmap_pipeline.generation.offline import OfflineGenerator
+from roadmap_pipeline.store.activity import NothingRunning
 from roadmap_pipeline.store.database import transaction
 from roadmap_pipeline.store.schema import RoadmapMetadata, RoadmapTask, utcnow
-from roadmap_pipeline.store.writers import roadmap_row, save_item
+from roadmap_pipeline.store.sync import sync_roadmaps
+from roadmap_pipeline.store.writers import (
+    creation_task_id,
+    roadmap_row,
+    save_item,
+    submit_frameworks,
+)
 
 INCIDENT_ROADMAP = "agent-performance-tuning-x5y9z2w8"
 INCIDENT_TASK = "49961d40-0cac-4255-abba-adad0b901056"
@@ -162,3 +169,42 @@ def build_incident(
     # The rows committed; framework_data and the task were never updated (separate commits).
     write_concept_rows(engine, doc, done, attempt="incident")
     return IncidentState(roadmap_id, task_id, done, missing)
+
+
+FINISHED_SAMPLE = "sql-for-analysts-q4r7t1"
+QUEUED_SAMPLE = "dagster-essentials-m2n8p5"
+
+
+@dataclass(frozen=True)
+class DemoRoadmap:
+    roadmap_id: str
+    concepts: int
+    state: str
+
+
+def load_demo(engine: Engine) -> list[DemoRoadmap]:
+    """The bundled samples in three states: one finished and consistent, one submitted and
+    waiting in the queue, and the incident's roadmap as the incident left it."""
+    finished = validate_submission(load_sample(FINISHED_SAMPLE))
+    queued = validate_submission(load_sample(QUEUED_SAMPLE))
+    submit_frameworks(engine, [finished, queued], user_id="user-demo")
+    concept_ids = [c.concept_id for c in finished.concepts()]
+    with transaction(engine) as conn:
+        conn.execute(
+            update(RoadmapTask)
+            .where(RoadmapTask.task_id == creation_task_id(finished.roadmap_id))
+            .values(status=TaskStatus.PROCESSING.value, current_step="content_generation")
+        )
+    write_concept_rows(engine, finished.to_document(), concept_ids, attempt="demo")
+    sync_roadmaps(engine, [finished.roadmap_id], NothingRunning())
+    incident = build_incident(engine)
+    return [
+        DemoRoadmap(finished.roadmap_id, len(concept_ids), "generated and consistent"),
+        DemoRoadmap(queued.roadmap_id, len(queued.concepts()), "submitted, waiting in the queue"),
+        DemoRoadmap(
+            incident.roadmap_id,
+            len(incident.completed_concepts) + len(incident.missing_concepts),
+            f"the incident: rows for {len(incident.completed_concepts)} concepts, "
+            "framework_data all pending, task stuck in processing",
+        ),
+    ]

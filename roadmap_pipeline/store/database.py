@@ -50,7 +50,8 @@ def normalize_url(url: str | URL) -> URL:
     """Parse a URL and select psycopg 3 for PostgreSQL (``postgresql://`` or ``postgres://``)."""
     try:
         parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
+        # The messages never repeat the URL (it may hold a password).
         raise DatabaseUrlError(f"cannot parse the database URL: {exc}") from None
     backend = parsed.get_backend_name()
     if backend in ("postgresql", "postgres"):

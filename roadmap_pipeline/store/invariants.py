@@ -72,6 +72,23 @@ REPAIRABLE_RULES = frozenset(
 )
 
 
+# The detail of a multiple_current violation about several rows claiming to be current. For a
+# tutorial the repair demotes all but the highest version (rows kept); for resources and quiz rows,
+# and for a tutorial version stored twice, a human decides which row learners keep.
+LATEST_DUPLICATE = " rows are current"
+
+
+def is_repairable(violation: Violation) -> bool:
+    """Whether ``repair`` fixes this violation without deleting or rewriting content."""
+    if violation.rule in REPAIRABLE_RULES:
+        return True
+    return (
+        violation.rule is Rule.MULTIPLE_CURRENT
+        and violation.item == "tutorial"
+        and violation.detail.endswith(LATEST_DUPLICATE)
+    )
+
+
 class Violation(BaseModel, frozen=True):
     roadmap_id: str
     concept_id: str | None
@@ -644,7 +661,7 @@ WHERE f.status = 'completed' AND f.ref_id IS NOT NULL AND {_REF_EXISTS}
        OR COALESCE(f.ref_b, '') <> COALESCE(r.ref_b, ''))""",
     Rule.MULTIPLE_CURRENT: f"""
 SELECT roadmap_id, concept_id, item, 'multiple_current',
-       CAST(n_current AS TEXT) || ' rows are current'
+       CAST(n_current AS TEXT) || '{LATEST_DUPLICATE}'
 FROM item_rows WHERE n_current > 1
 UNION ALL
 SELECT roadmap_id, concept_id, 'tutorial', 'multiple_current',
@@ -659,7 +676,7 @@ FROM item_ids i
 WHERE NOT EXISTS (SELECT 1 FROM entries e
                   WHERE e.roadmap_id = i.roadmap_id AND e.concept_id = i.concept_id)
   AND (NOT EXISTS (SELECT 1 FROM roadmap_metadata m WHERE m.roadmap_id = i.roadmap_id)
-       OR EXISTS (SELECT 1 FROM entries e WHERE e.roadmap_id = i.roadmap_id))
+       OR EXISTS (SELECT 1 FROM concept_nodes c WHERE c.roadmap_id = i.roadmap_id))
 GROUP BY i.roadmap_id, i.concept_id, i.item""",
     Rule.TASK_STATUS_MISMATCH: """
 SELECT x.roadmap_id, NULL, NULL, 'task_status_mismatch',
@@ -723,7 +740,14 @@ def rules_statement(dialect: str, rules: Sequence[Rule] = tuple(Rule)) -> str:
     body = "\nUNION ALL\n".join(
         f"SELECT * FROM ({RULE_SQL[rule]}) AS {rule.value}" for rule in rules
     )
-    return f"WITH {documents_sql(dialect)},\n{_PORTABLE}\n{body}"
+    # A concept's scope holds exactly the fleet's violations about that concept: roadmap-level
+    # findings (the task, the document's shape) belong to the roadmap, and a task outcome computed
+    # from one concept's items would be wrong anyway.
+    return (
+        f"WITH {documents_sql(dialect)},\n{_PORTABLE},\n"
+        f"found (roadmap_id, concept_id, item, rule, detail) AS (\n{body}\n)\n"
+        f"SELECT * FROM found WHERE {CONCEPT_IN_SCOPE.format(col='found.concept_id')}"
+    )
 
 
 def _statement(dialect: str, rules: Sequence[Rule]) -> Any:

@@ -46,6 +46,10 @@ class UpgradeBlocked(RuntimeError):
     """Rows that a unique index of the upgrade would reject; repair them first."""
 
 
+class IncompleteDatabase(RuntimeError):
+    """Some of the service's tables exist and others do not: neither empty nor adoptable."""
+
+
 def _config(conn: Connection) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -75,7 +79,7 @@ def init_db(engine: Engine) -> MigrationReport:
     state, _ = database_state(engine)
     if state is DatabaseState.INCOMPLETE:
         missing = sorted(set(SERVICE_TABLE_NAMES) - _table_names(engine))
-        raise RuntimeError(
+        raise IncompleteDatabase(
             f"the database holds some of the service's tables but not {', '.join(missing)}; "
             "refusing to guess: point ROADMAP_DATABASE_URL at the service database or an empty one"
         )

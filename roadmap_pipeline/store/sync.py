@@ -13,12 +13,13 @@ known or unknown, stays exactly as it was.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, bindparam, select, text, update
+from sqlalchemy import Connection, Engine, String, Text, bindparam, cast, select, text, update
 
 from roadmap_pipeline.domain.statuses import (
     ITEM_FIELDS,
@@ -196,14 +197,26 @@ def _sync_batch(
 
 
 def _lock_documents(conn: Connection, roadmap_ids: Sequence[str]) -> dict[str, Any]:
+    """The documents, locked; read as text so that one unparseable document (an SQLite JSON
+    column holds any text) is reported as malformed instead of failing the whole batch."""
     query = (
-        select(RoadmapMetadata.roadmap_id, RoadmapMetadata.framework_data)
+        select(RoadmapMetadata.roadmap_id, cast(RoadmapMetadata.framework_data, Text))
         .where(RoadmapMetadata.roadmap_id.in_(roadmap_ids), RoadmapMetadata.deleted_at.is_(None))
         .order_by(RoadmapMetadata.roadmap_id)  # one lock order for every writer: no deadlocks
     )
     if is_postgres(conn):
         query = query.with_for_update()
-    return {row.roadmap_id: row.framework_data for row in conn.execute(query)}
+    return {roadmap_id: _parse_document(raw) for roadmap_id, raw in conn.execute(query)}
+
+
+def _parse_document(raw: str | None) -> Any:
+    """The parsed document, or the raw text itself when it is not JSON (never well formed)."""
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
 
 
 _CURRENT_ROWS_SELECT = text(

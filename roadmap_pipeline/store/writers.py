@@ -10,6 +10,7 @@ workers cannot both compute "the next version".
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -284,6 +285,28 @@ def require_roadmap(conn: Connection, roadmap_id: str) -> Framework:
     return load_framework(document)
 
 
+def require_roadmaps(conn: Connection, roadmap_ids: Iterable[str]) -> None:
+    """Raise UnknownRoadmap naming every id that is not a (non-deleted) roadmap."""
+    wanted = sorted(set(roadmap_ids))
+    found = {
+        row.roadmap_id: row.deleted_at
+        for row in conn.execute(
+            select(RoadmapMetadata.roadmap_id, RoadmapMetadata.deleted_at).where(
+                RoadmapMetadata.roadmap_id.in_(wanted)
+            )
+        )
+    }
+    problems = [
+        f"roadmap {rid!r} was deleted at {found[rid]:%Y-%m-%d %H:%M}"
+        if rid in found
+        else f"no roadmap {rid!r} in roadmap_metadata"
+        for rid in wanted
+        if found.get(rid, False) is not None
+    ]
+    if problems:
+        raise UnknownRoadmap("; ".join(problems))
+
+
 def require_concept(conn: Connection, roadmap_id: str, concept_id: str) -> None:
     framework = require_roadmap(conn, roadmap_id)
     if concept_id not in {c.concept_id for c in framework.concepts()}:
@@ -321,36 +344,86 @@ def submit_roadmap(engine: Engine, document: Any, user_id: str | None = None) ->
     Submitting the same document again changes nothing; a different document under an existing
     roadmap id is refused (RoadmapConflict).
     """
-    framework = validate_submission(document)
+    return submit_frameworks(engine, [validate_submission(document)], user_id)[0]
+
+
+def submit_frameworks(
+    engine: Engine,
+    frameworks: Sequence[Framework],
+    user_id: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Submission]:
+    """Submit validated frameworks in one transaction: all of them are written, or none.
+
+    ``progress`` is called with the number of frameworks handled so far.
+    """
+    submissions: list[Submission] = []
+    with transaction(engine) as conn:
+        for framework in frameworks:
+            submissions.append(_submit(conn, framework, user_id))
+            if progress:
+                progress(len(submissions))
+    return submissions
+
+
+def _submit(conn: Connection, framework: Framework, user_id: str | None) -> Submission:
     stored = framework.to_document()
     task_id = creation_task_id(framework.roadmap_id)
     concepts = len(framework.concepts())
-    with transaction(engine) as conn:
-        existing = conn.execute(
-            select(RoadmapMetadata.framework_data).where(
-                RoadmapMetadata.roadmap_id == framework.roadmap_id
-            )
-        ).one_or_none()
-        if existing is not None:
-            if existing.framework_data != stored:
-                raise RoadmapConflict(
-                    f"roadmap {framework.roadmap_id!r} already exists with a different document; "
-                    "submit it under a new roadmap_id"
-                )
-            return Submission(framework.roadmap_id, task_id, concepts, created=False)
-        now = utcnow()
-        conn.execute(insert(RoadmapMetadata).values(roadmap_row(framework, user_id, now)))
-        conn.execute(
-            insert(RoadmapTask).values(
-                task_id=task_id,
-                user_id=user_id,
-                status=TaskStatus.PENDING.value,
-                current_step="queued",
-                user_request={"source": "roadmap-pipeline submit"},
-                roadmap_id=framework.roadmap_id,
-                task_type=TaskType.CREATION.value,
-                created_at=now,
-                updated_at=now,
-            )
+    existing = conn.execute(
+        select(RoadmapMetadata.framework_data).where(
+            RoadmapMetadata.roadmap_id == framework.roadmap_id
         )
+    ).one_or_none()
+    if existing is not None:
+        if existing.framework_data != stored:
+            raise RoadmapConflict(
+                f"roadmap {framework.roadmap_id!r} already exists with a different document; "
+                "submit it under a new roadmap_id"
+            )
+        return Submission(framework.roadmap_id, task_id, concepts, created=False)
+    now = utcnow()
+    conn.execute(insert(RoadmapMetadata).values(roadmap_row(framework, user_id, now)))
+    conn.execute(
+        insert(RoadmapTask).values(
+            task_id=task_id,
+            user_id=user_id,
+            status=TaskStatus.PENDING.value,
+            current_step="queued",
+            user_request={"source": "roadmap-pipeline submit"},
+            roadmap_id=framework.roadmap_id,
+            task_type=TaskType.CREATION.value,
+            created_at=now,
+            updated_at=now,
+        )
+    )
     return Submission(framework.roadmap_id, task_id, concepts, created=True)
+
+
+def start_task(conn: Connection, task_id: str, step: str = "content_generation") -> bool:
+    """pending -> processing (guarded: a task that moved on meanwhile is left alone)."""
+    result = conn.execute(
+        update(RoadmapTask)
+        .where(RoadmapTask.task_id == task_id, RoadmapTask.status == TaskStatus.PENDING.value)
+        .values(status=TaskStatus.PROCESSING.value, current_step=step, updated_at=utcnow())
+    )
+    return bool(result.rowcount)
+
+
+def fail_task(conn: Connection, task_id: str, message: str) -> bool:
+    """A task that cannot run at all (its framework is unusable) -> failed, with the reason."""
+    now = utcnow()
+    result = conn.execute(
+        update(RoadmapTask)
+        .where(
+            RoadmapTask.task_id == task_id,
+            RoadmapTask.status.in_([TaskStatus.PENDING.value, TaskStatus.PROCESSING.value]),
+        )
+        .values(
+            status=TaskStatus.FAILED.value,
+            error_message=message[:4000],
+            updated_at=now,
+            completed_at=now,
+        )
+    )
+    return bool(result.rowcount)
