@@ -1,0 +1,150 @@
+"""LangGraph checkpointers: SqliteSaver (embedded default) and PostgresSaver (production).
+
+Each checkpointer owns its connections (its own sqlite3 connection, or its own bounded
+``psycopg_pool.ConnectionPool``), separate from the store's engine, so that a slow checkpoint
+write can never take the connection a content write needs (the incident was a pool running dry).
+
+Deserialization is restricted. LangGraph's default serializer revives any ``module.name`` stored
+in a msgpack extension (it imports and calls it), so whoever can write the checkpoint tables could
+make a worker execute code. We pass ``allowed_msgpack_modules=None``, which is LangGraph's strict
+msgpack mode (the same as ``LANGGRAPH_STRICT_MSGPACK=true``, without depending on the process
+environment): only ``SAFE_MSGPACK_TYPES`` are revived, anything else comes back as inert data. Our
+workflow state is JSON-like (str, int, list, dict), so it needs nothing more. On top of that we
+refuse the legacy ``json`` (LangChain constructor revival) and ``pickle`` payload types outright:
+our own writes never produce them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.postgres import PostgresSaver
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.checkpoint.sqlite import SqliteSaver
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+from sqlalchemy.engine import URL, make_url
+
+_SETUP_LOCK_KEY = "roadmap_pipeline:checkpoint-setup"
+_ACCEPTED_TYPES = frozenset({"null", "bytes", "bytearray", "msgpack"})
+
+
+class UnsafeCheckpointError(ValueError):
+    """A stored checkpoint uses a payload type that could execute code when loaded."""
+
+
+class StrictCheckpointSerializer(JsonPlusSerializer):
+    """LangGraph's serializer in strict msgpack mode, refusing ``json`` and ``pickle`` payloads."""
+
+    def __init__(self) -> None:
+        # None (not the default sentinel) selects strict mode: SAFE_MSGPACK_TYPES only.
+        super().__init__(
+            pickle_fallback=False, allowed_json_modules=None, allowed_msgpack_modules=None
+        )
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        type_, _ = data
+        if type_ not in _ACCEPTED_TYPES:
+            raise UnsafeCheckpointError(
+                f"refusing to load a checkpoint payload of type {type_!r}: roadmap_pipeline "
+                "only writes msgpack checkpoints, so this one was planted or is corrupt"
+            )
+        return super().loads_typed(data)
+
+
+def checkpoint_serializer() -> StrictCheckpointSerializer:
+    return StrictCheckpointSerializer()
+
+
+def default_checkpoint_url(database_url: str) -> str:
+    """Where checkpoints go by default: next to an SQLite database, or in the same Postgres."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        return database_url
+    if not url.database or url.database == ":memory:":
+        return "sqlite:///:memory:"
+    path = Path(url.database)
+    return f"sqlite:///{path.with_name(path.stem + '.checkpoints.db')}"
+
+
+def psycopg_conninfo(url: str | URL) -> str:
+    """A libpq URI for psycopg from an SQLAlchemy URL (``postgresql+psycopg://`` accepted)."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if parsed.get_backend_name() not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {parsed.render_as_string(hide_password=True)}")
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextmanager
+def open_checkpointer(url: str, *, pool_size: int = 4) -> Iterator[BaseCheckpointSaver]:
+    """A set-up checkpointer for ``sqlite:///path`` or ``postgresql://...``, closed on exit."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        with _sqlite_checkpointer(parsed.database or ":memory:") as saver:
+            yield saver
+    elif backend in ("postgresql", "postgres"):
+        with _postgres_checkpointer(psycopg_conninfo(parsed), pool_size) as saver:
+            yield saver
+    else:
+        raise ValueError(f"unsupported checkpoint database {backend!r}: use sqlite or postgresql")
+
+
+@contextmanager
+def _sqlite_checkpointer(database: str) -> Iterator[SqliteSaver]:
+    if database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    # SqliteSaver serialises its own use of the connection with a lock, so one connection may be
+    # shared by every thread; the timeout lets two processes share the file.
+    conn = sqlite3.connect(database, check_same_thread=False, timeout=60)
+    try:
+        saver = SqliteSaver(conn, serde=checkpoint_serializer())
+        saver.setup()  # also switches the file to WAL
+        # In WAL mode NORMAL still survives a killed process (only an OS crash can lose the last
+        # commits, and a lost checkpoint costs a re-run that the content ledger makes idempotent);
+        # FULL would fsync every checkpoint write.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        yield saver
+    finally:
+        conn.close()
+
+
+@contextmanager
+def _postgres_checkpointer(conninfo: str, pool_size: int) -> Iterator[PostgresSaver]:
+    if pool_size < 1:
+        raise ValueError("the checkpoint pool needs at least one connection")
+    pool: ConnectionPool[Any] = ConnectionPool(
+        conninfo,
+        min_size=1,
+        max_size=pool_size,
+        # PostgresSaver expects autocommit connections that return dict rows; setup() creates
+        # indexes CONCURRENTLY, which cannot run inside a transaction.
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+        name="roadmap_pipeline-checkpoints",
+        timeout=30,
+        open=False,
+    )
+    pool.open(wait=True, timeout=30)
+    try:
+        saver = PostgresSaver(pool, serde=checkpoint_serializer())
+        _setup_serialised(conninfo, saver)
+        yield saver
+    finally:
+        pool.close()
+
+
+def _setup_serialised(conninfo: str, saver: PostgresSaver) -> None:
+    """Run the saver's migrations under an advisory lock: workers starting together on a fresh
+    database would otherwise race on its migration table."""
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (_SETUP_LOCK_KEY,))
+        try:
+            saver.setup()
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_SETUP_LOCK_KEY,))

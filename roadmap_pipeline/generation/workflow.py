@@ -1,0 +1,441 @@
+"""The per-concept LangGraph workflow: tutorial -> resources -> quiz, with durable checkpoints.
+
+Why it is shaped like this (DESIGN.md, "Retry and recovery"):
+
+- The thread id is the concept's partition key, never a run id, so every retry (a LangGraph node
+  retry, a Dagster step retry, a rerun after a crash) finds the concept's unfinished run and
+  resumes after its last finished node (``durability="sync"`` persists each step before the next).
+- The node that was running when a process died re-runs. Each node therefore writes its own item
+  through the store's idempotent writer, under a generation id fixed when the run STARTED and
+  checkpointed with the input. A re-run node first asks the ledger (``find_generation``): if its
+  write committed before the crash it records the item completed without calling the generator.
+- Items are independent: a permanent failure (or transient retries exhausted) is recorded in the
+  state as a failed item and the graph goes on to the next item; the Dagster layer turns failed
+  items into failed partitions. Only unexpected errors (say the database is away) escape the
+  graph, which leaves the checkpoint to resume.
+- Two workers on one thread would both run every node, so a per-concept lock is held around the
+  whole run (``ConceptLocks``).
+- After a run reaches END the thread's checkpoints are pruned: the content rows are the record.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypedDict
+
+import sqlalchemy
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import RetryPolicy
+
+from roadmap_pipeline.domain.content import ItemContent
+from roadmap_pipeline.domain.keys import concept_key
+from roadmap_pipeline.domain.statuses import ItemType
+from roadmap_pipeline.generation.faults import FaultInjectingGenerator, FaultPlan, KillPoint
+from roadmap_pipeline.generation.generator import (
+    ConceptContext,
+    ContentGenerator,
+    PermanentGenerationError,
+    TransientGenerationError,
+    generate_item,
+)
+from roadmap_pipeline.generation.locks import ConceptLocks
+from roadmap_pipeline.store.database import connect
+from roadmap_pipeline.store.writers import (
+    ItemWrite,
+    find_generation,
+    require_concept,
+    require_roadmap,
+    save_item,
+)
+
+logger = logging.getLogger(__name__)
+
+_GENERATION_NAMESPACE = uuid.UUID("0b6f7f0e-4c0a-4f43-9a55-7a1d8c3e52b4")
+ITEM_ORDER: tuple[ItemType, ...] = tuple(ItemType)
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    item: ItemType
+    status: Literal["completed", "failed"]
+    row_id: str | None
+    content_version: int | None  # tutorials only
+    generated: bool  # the generator was called for it in this run
+    error: str | None  # the reason, when failed
+    attempts: int  # generator attempts made in this run
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "row_id": self.row_id,
+            "content_version": self.content_version,
+            "generated": self.generated,
+            "error": self.error,
+            "attempts": self.attempts,
+        }
+
+    @classmethod
+    def from_state(cls, item: ItemType, value: dict[str, Any]) -> ItemOutcome:
+        return cls(
+            item=item,
+            status="completed" if value.get("status") == "completed" else "failed",
+            row_id=value.get("row_id"),
+            content_version=value.get("content_version"),
+            generated=bool(value.get("generated")),
+            error=value.get("error"),
+            attempts=int(value.get("attempts") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class ConceptOutcome:
+    roadmap_id: str
+    concept_id: str  # the stored concept id, exactly as in framework_data
+    thread_id: str  # the concept partition key
+    items: dict[ItemType, ItemOutcome]  # one per requested item (those of a resumed run too)
+    resumed: bool  # an unfinished checkpoint was resumed
+    skipped_locked: bool  # another worker held the concept's lock; nothing was done
+    duration_s: float
+
+    @property
+    def failed(self) -> bool:
+        return any(o.status == "failed" for o in self.items.values())
+
+
+@dataclass(frozen=True)
+class NodeRetrySettings:
+    """LangGraph ``RetryPolicy`` for transient generation errors (layer 1 of DESIGN.md)."""
+
+    max_attempts: int = 3
+    initial_interval_s: float = 1.0
+    backoff_factor: float = 2.0
+    max_interval_s: float = 30.0
+    jitter: bool = True
+
+    def policy(self) -> RetryPolicy:
+        # retry_on is explicit: LangGraph's default predicate would not retry our errors'
+        # relatives (ValueError, TimeoutError, OSError), and we want exactly the transient ones.
+        return RetryPolicy(
+            initial_interval=self.initial_interval_s,
+            backoff_factor=self.backoff_factor,
+            max_interval=self.max_interval_s,
+            max_attempts=self.max_attempts,
+            jitter=self.jitter,
+            retry_on=TransientGenerationError,
+        )
+
+
+def _merge_outcomes(
+    left: dict[str, dict[str, Any]], right: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    return operator.or_(left or {}, right or {})
+
+
+class ConceptState(TypedDict):
+    """Checkpointed state: JSON-like only, so strict deserialization needs no allow-list."""
+
+    roadmap_id: str
+    concept_id: str
+    request_id: str
+    items: list[str]
+    generation_ids: dict[str, str]
+    preferences: dict[str, Any]
+    outcomes: Annotated[dict[str, dict[str, Any]], _merge_outcomes]
+
+
+def generation_id_for(request_id: str, thread_id: str, item: ItemType) -> str:
+    """One generation of one item for one request: fixed when a run starts, reused on resume."""
+    return str(uuid.uuid5(_GENERATION_NAMESPACE, f"{request_id}\x1f{thread_id}\x1f{item.value}"))
+
+
+def _ordered(items: Iterable[ItemType | str]) -> list[ItemType]:
+    wanted = {ItemType(i) for i in items}
+    return [i for i in ITEM_ORDER if i in wanted]
+
+
+class ConceptWorkflow:
+    """Runs one concept's items through the checkpointed graph, under the concept's lock."""
+
+    def __init__(
+        self,
+        engine: sqlalchemy.Engine,
+        generator: ContentGenerator,
+        checkpointer: BaseCheckpointSaver,
+        locks: ConceptLocks,
+        faults: FaultPlan | None = None,
+        node_retry: NodeRetrySettings | None = None,
+    ) -> None:
+        self.engine = engine
+        self.faults = faults if faults is not None and faults.enabled else None
+        if self.faults is not None and not isinstance(generator, FaultInjectingGenerator):
+            generator = FaultInjectingGenerator(generator, self.faults)
+        self.generator = generator
+        self.checkpointer = checkpointer
+        self.locks = locks
+        self.node_retry = node_retry or NodeRetrySettings()
+        self.graph = self._build_graph()
+
+    # --- the graph --------------------------------------------------------------------------
+
+    def _build_graph(self) -> Any:
+        graph = StateGraph(ConceptState)
+        policy = self.node_retry.policy()
+        previous = START
+        for item in ITEM_ORDER:
+            graph.add_node(item.value, self._node(item), retry_policy=policy)
+            graph.add_edge(previous, item.value)
+            previous = item.value
+        graph.add_edge(previous, END)
+        return graph.compile(checkpointer=self.checkpointer)
+
+    def _node(self, item: ItemType) -> Callable[..., dict[str, Any]]:
+        def node(state: ConceptState, runtime: Runtime) -> dict[str, Any]:
+            if item.value not in state["items"]:
+                return {}
+            info = runtime.execution_info
+            attempt = info.node_attempt if info is not None else self.node_retry.max_attempts
+            outcome = self._produce(state, item, attempt)
+            return {"outcomes": {item.value: outcome.to_state()}}
+
+        node.__name__ = item.value
+        return node
+
+    def _produce(self, state: ConceptState, item: ItemType, attempt: int) -> ItemOutcome:
+        roadmap_id, concept_id = state["roadmap_id"], state["concept_id"]
+        generation_id = state["generation_ids"][item.value]
+        with connect(self.engine) as conn:
+            done = find_generation(conn, generation_id)
+            framework = require_roadmap(conn, roadmap_id) if done is None else None
+        if done is not None:
+            # The write of this generation committed before (a crash after the write, or a
+            # second worker on the same request): never generate it again.
+            return _completed(item, done, generated=False, attempts=0)
+        assert framework is not None
+        context = ConceptContext.from_framework(framework, concept_id, state["preferences"])
+        try:
+            content = generate_item(self.generator, item, context)
+        except PermanentGenerationError as exc:
+            return _failed(item, str(exc), attempt)
+        except TransientGenerationError as exc:
+            if attempt < self.node_retry.max_attempts:
+                raise  # LangGraph's RetryPolicy runs the node again after a backoff
+            return _failed(item, f"{exc} (gave up after {attempt} attempts)", attempt)
+        written = self._write(roadmap_id, concept_id, item, content, generation_id)
+        return _completed(item, written, generated=True, attempts=attempt)
+
+    def _write(
+        self,
+        roadmap_id: str,
+        concept_id: str,
+        item: ItemType,
+        content: ItemContent,
+        generation_id: str,
+    ) -> ItemWrite:
+        self._kill_point("before_write", roadmap_id, concept_id, item)
+        written = save_item(
+            self.engine, roadmap_id, concept_id, content, generation_id, self.generator.name
+        )
+        self._kill_point("after_write", roadmap_id, concept_id, item)
+        return written
+
+    def _kill_point(
+        self, point: KillPoint, roadmap_id: str, concept_id: str, item: ItemType
+    ) -> None:
+        if self.faults is not None:
+            self.faults.kill_point(point, roadmap_id, concept_id, item)
+
+    # --- running ----------------------------------------------------------------------------
+
+    def run(
+        self,
+        roadmap_id: str,
+        concept_id: str,
+        items: Iterable[ItemType] = tuple(ItemType),
+        *,
+        request_id: str,
+        preferences: dict[str, Any] | None = None,
+        wait_for_lock: bool = True,
+    ) -> ConceptOutcome:
+        """Generate the requested items of one concept; resume its unfinished run first."""
+        started = time.monotonic()
+        thread_id = concept_key(roadmap_id, concept_id)
+        requested = _ordered(items)
+        with self.locks.hold(thread_id, wait_for_lock) as acquired:
+            if not acquired:
+                return ConceptOutcome(
+                    roadmap_id, concept_id, thread_id, {}, False, True, time.monotonic() - started
+                )
+            outcomes, resumed = self._run_locked(
+                roadmap_id, concept_id, thread_id, requested, request_id, preferences or {}
+            )
+        ordered = {i: outcomes[i] for i in ITEM_ORDER if i in outcomes}
+        return ConceptOutcome(
+            roadmap_id, concept_id, thread_id, ordered, resumed, False, time.monotonic() - started
+        )
+
+    def _run_locked(
+        self,
+        roadmap_id: str,
+        concept_id: str,
+        thread_id: str,
+        requested: list[ItemType],
+        request_id: str,
+        preferences: dict[str, Any],
+    ) -> tuple[dict[ItemType, ItemOutcome], bool]:
+        config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+        outcomes: dict[ItemType, ItemOutcome] = {}
+        snapshot = self.graph.get_state(config)
+        resumed = bool(snapshot.next)
+        if resumed:
+            logger.info("resuming the unfinished run of %s at %s", thread_id, snapshot.next)
+            outcomes |= self._invoke(None, config)
+        elif snapshot.values:
+            # A finished run whose pruning was interrupted: starting on top of it would merge
+            # its outcomes into the new run's.
+            self.checkpointer.delete_thread(thread_id)
+        remaining = [i for i in requested if i not in outcomes]
+        if remaining:
+            with connect(self.engine) as conn:
+                require_concept(conn, roadmap_id, concept_id)
+            start = self._initial_state(
+                roadmap_id, concept_id, thread_id, remaining, request_id, preferences
+            )
+            outcomes |= self._invoke(start, config)
+        return outcomes, resumed
+
+    def _initial_state(
+        self,
+        roadmap_id: str,
+        concept_id: str,
+        thread_id: str,
+        items: list[ItemType],
+        request_id: str,
+        preferences: dict[str, Any],
+    ) -> ConceptState:
+        return {
+            "roadmap_id": roadmap_id,
+            "concept_id": concept_id,
+            "request_id": request_id,
+            "items": [i.value for i in items],
+            "generation_ids": {i.value: generation_id_for(request_id, thread_id, i) for i in items},
+            "preferences": dict(preferences),
+            "outcomes": {},
+        }
+
+    def _invoke(
+        self, start: ConceptState | None, config: RunnableConfig
+    ) -> dict[ItemType, ItemOutcome]:
+        final = self.graph.invoke(start, config, durability="sync")
+        # Reached END: the rows are the record now, the checkpoints only cost space.
+        self.checkpointer.delete_thread(config["configurable"]["thread_id"])
+        return {
+            ItemType(name): ItemOutcome.from_state(ItemType(name), value)
+            for name, value in (final.get("outcomes") or {}).items()
+        }
+
+
+def _completed(item: ItemType, write: ItemWrite, *, generated: bool, attempts: int) -> ItemOutcome:
+    return ItemOutcome(
+        item=item,
+        status="completed",
+        row_id=write.row_id,
+        content_version=write.content_version,
+        generated=generated,
+        error=None,
+        attempts=attempts,
+    )
+
+
+def _failed(item: ItemType, error: str, attempts: int) -> ItemOutcome:
+    logger.warning("item failed: %s", error)
+    return ItemOutcome(item, "failed", None, None, True, error, attempts)
+
+
+def run_concepts(
+    workflow: ConceptWorkflow,
+    targets: Sequence[tuple[str, str]],
+    items: Iterable[ItemType],
+    *,
+    request_id: str,
+    concurrency: int,
+    on_done: Callable[[ConceptOutcome], None] | None = None,
+    preferences: Mapping[str, dict[str, Any]] | None = None,
+) -> list[ConceptOutcome]:
+    """Run concepts concurrently (at most ``concurrency`` at once); results in target order.
+
+    ``on_done`` is called in the calling thread as each concept finishes. An exception in one
+    concept becomes failed items for that concept and never stops the others. ``preferences``:
+    the learner's preferences per roadmap id (from its task), given to the generator.
+    """
+    wanted = _ordered(items)
+    results: list[ConceptOutcome | None] = [None] * len(targets)
+    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="concept") as pool:
+        futures = {
+            pool.submit(
+                _run_guarded,
+                workflow,
+                roadmap_id,
+                concept_id,
+                wanted,
+                request_id,
+                (preferences or {}).get(roadmap_id),
+            ): index
+            for index, (roadmap_id, concept_id) in enumerate(targets)
+        }
+        for future in as_completed(futures):
+            outcome = future.result()
+            results[futures[future]] = outcome
+            if on_done is not None:
+                on_done(outcome)
+    return [r for r in results if r is not None]
+
+
+def _run_guarded(
+    workflow: ConceptWorkflow,
+    roadmap_id: str,
+    concept_id: str,
+    items: list[ItemType],
+    request_id: str,
+    preferences: dict[str, Any] | None,
+) -> ConceptOutcome:
+    started = time.monotonic()
+    try:
+        return workflow.run(
+            roadmap_id, concept_id, items, request_id=request_id, preferences=preferences
+        )
+    except Exception as exc:
+        logger.exception("concept %s of roadmap %s failed", concept_id, roadmap_id)
+        reason = f"{type(exc).__name__}: {_first_line(exc)}"
+        failed = {
+            i: ItemOutcome(i, "failed", None, None, False, f"{i.value}: {reason}", 0) for i in items
+        }
+        return ConceptOutcome(
+            roadmap_id,
+            concept_id,
+            _thread_id_or_raw(roadmap_id, concept_id),
+            failed,
+            resumed=False,
+            skipped_locked=False,
+            duration_s=time.monotonic() - started,
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _thread_id_or_raw(roadmap_id: str, concept_id: str) -> str:
+    try:
+        return concept_key(roadmap_id, concept_id)
+    except ValueError:
+        return f"{roadmap_id}/{concept_id}"
