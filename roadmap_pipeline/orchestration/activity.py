@@ -1,0 +1,76 @@
+"""Invariant 5's seam, filled from Dagster's own run status: which work is queued or running.
+
+"Is it still running?" is answered by the instance's runs (queued, starting, started), never
+from ages. A run's partitions come from its tags: one key (``dagster/partition``) or a key range
+(``dagster/asset_partition_range_start``/``_end``, resolved in the registered order). A roadmap
+key stands for the whole roadmap, a concept key for one concept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import dagster as dg
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+)
+
+from roadmap_pipeline.domain.keys import split_concept_key
+from roadmap_pipeline.orchestration.partitions import CONCEPTS, ROADMAPS
+from roadmap_pipeline.store.activity import ActiveWork
+
+ACTIVE_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+class DagsterActivity:
+    """Active work according to the Dagster instance (optionally ignoring the calling run)."""
+
+    def __init__(self, instance: dg.DagsterInstance, exclude_run_id: str | None = None) -> None:
+        self._instance = instance
+        self._exclude = exclude_run_id
+
+    def describe(self) -> str:
+        return "judged from Dagster's queued and running runs"
+
+    def active_runs(self) -> list[dg.DagsterRun]:
+        runs = self._instance.get_runs(filters=dg.RunsFilter(statuses=ACTIVE_STATUSES))
+        return [r for r in runs if r.run_id != self._exclude]
+
+    def active(self, roadmap_ids: Iterable[str] | None) -> ActiveWork:
+        wanted = None if roadmap_ids is None else set(roadmap_ids)
+        roadmaps: set[str] = set()
+        concepts: set[tuple[str, str]] = set()
+        orderings: dict[str, list[str]] = {}
+        for run in self.active_runs():
+            keys: list[str] = []
+            if PARTITION_NAME_TAG in run.tags:
+                keys = [run.tags[PARTITION_NAME_TAG]]
+            elif ASSET_PARTITION_RANGE_START_TAG in run.tags:
+                start = run.tags[ASSET_PARTITION_RANGE_START_TAG]
+                end = run.tags.get(ASSET_PARTITION_RANGE_END_TAG, start)
+                name = (CONCEPTS if "/" in start else ROADMAPS).name or ""
+                if name not in orderings:
+                    orderings[name] = list(self._instance.get_dynamic_partitions(name))
+                keys = _keys_in_range(orderings[name], start, end)
+            for key in keys:
+                if "/" in key:
+                    roadmap_id, short = split_concept_key(key)
+                    if wanted is None or roadmap_id in wanted:
+                        concepts.add((roadmap_id, short))
+                elif wanted is None or key in wanted:
+                    roadmaps.add(key)
+        return ActiveWork(frozenset(roadmaps), frozenset(concepts))
+
+
+def _keys_in_range(ordered: list[str], start: str, end: str) -> list[str]:
+    try:
+        return ordered[ordered.index(start) : ordered.index(end) + 1]
+    except ValueError:
+        return [start, end]

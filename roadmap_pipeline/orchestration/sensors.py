@@ -1,0 +1,265 @@
+"""Sensors: intake of new work, and settlement of roadmaps whose concept work has finished.
+
+Both read Dagster's own run status to decide whether work is still running, never ages.
+"""
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+
+from roadmap_pipeline.domain.framework import FrameworkError, load_framework
+from roadmap_pipeline.domain.keys import UnsafeIdError, split_concept_key
+from roadmap_pipeline.orchestration.activity import DagsterActivity
+from roadmap_pipeline.orchestration.assets import (
+    CONTENT_ASSETS,
+    FRAMEWORK_DATA,
+    FRAMEWORK_ENTRY,
+    ROADMAP_FRAMEWORK,
+    ROADMAP_TAG,
+    TASK_TAG,
+    framework_metadata,
+)
+from roadmap_pipeline.orchestration.jobs import generate_concepts_job, roll_up_job
+from roadmap_pipeline.orchestration.partitions import (
+    CONCEPTS,
+    RoadmapKeys,
+    contiguous_ranges,
+    registration_requests,
+    roadmap_keys,
+)
+from roadmap_pipeline.orchestration.resources import RoadmapDatabase
+from roadmap_pipeline.store.database import connect, transaction
+from roadmap_pipeline.store.intake import intake_candidates
+from roadmap_pipeline.store.writers import fail_task, start_task
+
+INTAKE_BATCH = 20
+EVENT_BATCH = 1000
+
+
+def range_tags(key_range: dg.PartitionKeyRange) -> dict[str, str]:
+    return {
+        ASSET_PARTITION_RANGE_START_TAG: key_range.start,
+        ASSET_PARTITION_RANGE_END_TAG: key_range.end,
+    }
+
+
+def concept_run_requests(
+    keys: RoadmapKeys,
+    ordered: list[str],
+    wanted: Iterable[str],
+    assets: Iterable[dg.AssetKey],
+    run_key: str,
+    tags: dict[str, str] | None = None,
+) -> list[dg.RunRequest]:
+    """One run per contiguous key range (a whole roadmap registered at once: one run)."""
+    requests = []
+    for i, key_range in enumerate(contiguous_ranges(ordered, wanted)):
+        requests.append(
+            dg.RunRequest(
+                run_key=f"{run_key}:{i}",
+                asset_selection=list(assets),
+                tags={ROADMAP_TAG: keys.roadmap_id, **(tags or {}), **range_tags(key_range)},
+            )
+        )
+    return requests
+
+
+@dg.sensor(
+    job=generate_concepts_job,
+    minimum_interval_seconds=10,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Picks up new work: a pending creation task, or a roadmap row never seen before. "
+        "Validates the framework, registers the roadmap and its concepts as partitions (one "
+        "call per roadmap), records roadmap_framework, moves the task to processing and "
+        "requests one run per roadmap (content + framework_entry over its concept range). A "
+        "framework whose ids cannot be partition keys fails its task with the reason."
+    ),
+)
+def roadmap_intake(
+    context: dg.SensorEvaluationContext, database: RoadmapDatabase
+) -> dg.SensorResult | dg.SkipReason:
+    rejected: set[str] = set(json.loads(context.cursor or "[]"))
+    instance = context.instance
+    registered = set(instance.get_dynamic_partitions("roadmaps"))
+    engine = database.get_engine()
+    with connect(engine) as conn:
+        candidates = intake_candidates(conn, registered | rejected, INTAKE_BATCH)
+    if not candidates:
+        return dg.SkipReason("no pending creation task and no unregistered roadmap")
+    concept_order = list(instance.get_dynamic_partitions(CONCEPTS.name or ""))
+    partition_requests: list[dg.AddDynamicPartitionsRequest] = []
+    run_requests: list[dg.RunRequest] = []
+    events: list[dg.AssetMaterialization] = []
+    for candidate in candidates:
+        try:
+            framework = load_framework(candidate.document)
+            keys = roadmap_keys(framework)
+        except (FrameworkError, UnsafeIdError) as exc:
+            message = f"roadmap {candidate.roadmap_id!r} cannot be processed: {exc}"
+            context.log.error(message)
+            rejected.add(candidate.roadmap_id)
+            if candidate.task_id:
+                with transaction(engine) as conn:
+                    fail_task(conn, candidate.task_id, message)
+            continue
+        adds = registration_requests(instance, keys)
+        partition_requests += adds
+        for add in adds:
+            if add.partitions_def_name == CONCEPTS.name:
+                concept_order += list(add.partition_keys)
+        events.append(
+            dg.AssetMaterialization(
+                asset_key=ROADMAP_FRAMEWORK,
+                partition=keys.roadmap_id,
+                metadata=framework_metadata(candidate.document, keys.concept_keys),
+            )
+        )
+        wanted = keys.concept_keys if candidate.task_id else _never_generated(framework, keys)
+        if not wanted:
+            continue
+        tags = {TASK_TAG: candidate.task_id} if candidate.task_id else {}
+        run_requests += concept_run_requests(
+            keys,
+            concept_order,
+            wanted,
+            (*CONTENT_ASSETS, FRAMEWORK_ENTRY),
+            run_key=f"intake:{keys.roadmap_id}:{candidate.task_id or 'untracked'}",
+            tags=tags,
+        )
+        if candidate.task_id:
+            with transaction(engine) as conn:
+                start_task(conn, candidate.task_id)
+    return dg.SensorResult(
+        run_requests=run_requests,
+        dynamic_partitions_requests=partition_requests,
+        asset_events=events,
+        cursor=json.dumps(sorted(rejected)[-1000:]),
+    )
+
+
+def _never_generated(framework: Any, keys: RoadmapKeys) -> list[str]:
+    """Concepts of an untracked roadmap whose items are all still pending."""
+    pending = {
+        c.concept_id
+        for c in framework.concepts()
+        if {c.content_status, c.resources_status, c.quiz_status} == {"pending"}
+    }
+    return [key for key, concept_id in keys.concepts.items() if concept_id in pending]
+
+
+@dataclass
+class SettlementCursor:
+    after: int = 0  # event storage id already read
+    dirty: dict[str, int] = field(default_factory=dict)  # roadmap -> newest content event id
+
+    @classmethod
+    def parse(cls, raw: str | None) -> "SettlementCursor":
+        if not raw:
+            return cls()
+        data = json.loads(raw)
+        return cls(int(data.get("after", 0)), {k: int(v) for k, v in data.get("dirty", {}).items()})
+
+    def dump(self) -> str:
+        return json.dumps({"after": self.after, "dirty": self.dirty}, sort_keys=True)
+
+
+def _roadmap_of(partition: str | None) -> str | None:
+    if not partition:
+        return None
+    if "/" not in partition:
+        return partition
+    try:
+        return split_concept_key(partition)[0]
+    except UnsafeIdError:
+        return None
+
+
+def _read_events(instance: dg.DagsterInstance, state: SettlementCursor) -> None:
+    """Mark roadmaps dirty for new content events, clean for newer framework_data events."""
+    newest = state.after
+    content: list[tuple[int, str]] = []
+    rolled_up: list[tuple[int, str]] = []
+    for asset_key in (*CONTENT_ASSETS, FRAMEWORK_DATA):
+        filter_ = dg.AssetRecordsFilter(asset_key=asset_key, after_storage_id=state.after)
+        fetchers = [instance.fetch_materializations]
+        if asset_key != FRAMEWORK_DATA:
+            fetchers.append(instance.fetch_failed_materializations)
+        for fetch in fetchers:
+            result = fetch(filter_, limit=EVENT_BATCH, ascending=True)
+            for record in result.records:
+                roadmap_id = _roadmap_of(record.partition_key)
+                newest = max(newest, record.storage_id)
+                if roadmap_id:
+                    target = rolled_up if asset_key == FRAMEWORK_DATA else content
+                    target.append((record.storage_id, roadmap_id))
+    for storage_id, roadmap_id in content:
+        state.dirty[roadmap_id] = max(state.dirty.get(roadmap_id, 0), storage_id)
+    for storage_id, roadmap_id in rolled_up:
+        if state.dirty.get(roadmap_id, 0) < storage_id:
+            state.dirty.pop(roadmap_id, None)
+    state.after = newest
+
+
+@dg.sensor(
+    jobs=[generate_concepts_job, roll_up_job],
+    minimum_interval_seconds=10,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Settles roadmaps whose concept work has finished: when a roadmap has new content "
+        "events (materialized or failed) and no queued or running run touches it, requests "
+        "framework_entry over its whole concept range, which syncs every entry and rolls the "
+        "roadmap up (framework_data, task status). Non-contiguous roadmaps get a framework_data "
+        "run instead."
+    ),
+)
+def roadmap_settlement(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    state = SettlementCursor.parse(context.cursor)
+    instance = context.instance
+    _read_events(instance, state)
+    candidates = set(state.dirty)
+    if not candidates:
+        return dg.SkipReason(
+            "no roadmap has unsettled content events",
+        )
+    activity = DagsterActivity(instance).active(candidates)
+    order = list(instance.get_dynamic_partitions(CONCEPTS.name or ""))
+    by_roadmap: dict[str, list[str]] = {}
+    for key in order:
+        roadmap_id = _roadmap_of(key)
+        if roadmap_id in candidates:
+            by_roadmap.setdefault(roadmap_id, []).append(key)
+    requests: list[dg.RunRequest] = []
+    for roadmap_id in sorted(candidates):
+        if activity.covers_roadmap(roadmap_id) or roadmap_id not in by_roadmap:
+            continue
+        marker = state.dirty[roadmap_id]
+        keys = by_roadmap[roadmap_id]
+        ranges = contiguous_ranges(order, keys)
+        if len(ranges) == 1:
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"settle:{roadmap_id}:{marker}",
+                    job_name=generate_concepts_job.name,
+                    asset_selection=[FRAMEWORK_ENTRY],
+                    tags={ROADMAP_TAG: roadmap_id, **range_tags(ranges[0])},
+                )
+            )
+        else:
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"settle:{roadmap_id}:{marker}",
+                    job_name=roll_up_job.name,
+                    partition_key=roadmap_id,
+                    tags={ROADMAP_TAG: roadmap_id},
+                )
+            )
+        state.dirty.pop(roadmap_id, None)
+    return dg.SensorResult(run_requests=requests, cursor=state.dump())
