@@ -26,7 +26,10 @@ from roadmap_pipeline.orchestration.resources import (
     ContentGeneratorResource,
     RoadmapDatabase,
 )
-from roadmap_pipeline.orchestration.sensors import roadmap_intake, roadmap_settlement
+from roadmap_pipeline.orchestration.sensors import (
+    roadmap_intake,
+    roadmap_settlement,
+)
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
@@ -52,6 +55,10 @@ def build_definitions(
         jobs=[generate_concepts_job, roll_up_job, register_roadmap_job, *regenerate_item_jobs],
         sensors=[roadmap_intake, roadmap_settlement],
         resources=resources or default_resources(),
+        # Steps of a run execute in the run's own process: a roadmap's steps are sequential
+        # anyway (content -> checks -> entry), and a process per step costs seconds of imports.
+        # Concurrency inside the content step is the generator's (threads, bounded).
+        executor=dg.in_process_executor,
     )
 
 

@@ -28,6 +28,17 @@ from roadmap_pipeline.domain.statuses import ITEM_FIELDS, ItemType
 from roadmap_pipeline.generation.locks import locks_for
 from roadmap_pipeline.generation.workflow import ConceptOutcome, ConceptWorkflow, run_concepts
 from roadmap_pipeline.orchestration.activity import DagsterActivity
+from roadmap_pipeline.orchestration.consistency import roadmap_check_evaluations
+from roadmap_pipeline.orchestration.keys import (
+    CONTENT_ASSETS,
+    FRAMEWORK_DATA,
+    FRAMEWORK_ENTRY,
+    ITEM_ASSETS,
+    QUIZ,
+    RESOURCES,
+    ROADMAP_FRAMEWORK,
+    TUTORIAL,
+)
 from roadmap_pipeline.orchestration.partitions import CONCEPTS, ROADMAPS, register, roadmap_keys
 from roadmap_pipeline.orchestration.resources import (
     CheckpointerResource,
@@ -35,26 +46,10 @@ from roadmap_pipeline.orchestration.resources import (
     RoadmapDatabase,
 )
 from roadmap_pipeline.store.database import connect
+from roadmap_pipeline.store.invariants import Scope, find_violations
 from roadmap_pipeline.store.readers import documents, resolve_concept_keys, task_preferences
 from roadmap_pipeline.store.sync import SyncReport, sync_concept, sync_roadmaps
 from roadmap_pipeline.store.writers import UnknownRoadmap
-
-TUTORIAL = dg.AssetKey("tutorial")
-RESOURCES = dg.AssetKey("resource_recommendations")
-QUIZ = dg.AssetKey("quiz")
-FRAMEWORK_ENTRY = dg.AssetKey("framework_entry")
-FRAMEWORK_DATA = dg.AssetKey("framework_data")
-ROADMAP_FRAMEWORK = dg.AssetKey("roadmap_framework")
-ITEM_ASSETS: dict[ItemType, dg.AssetKey] = {
-    ItemType.TUTORIAL: TUTORIAL,
-    ItemType.RESOURCES: RESOURCES,
-    ItemType.QUIZ: QUIZ,
-}
-CONTENT_ASSETS = tuple(ITEM_ASSETS.values())
-
-ROADMAP_TAG = "roadmap_pipeline/roadmap"
-TASK_TAG = "roadmap_pipeline/task"
-ATTEMPT_TAG = "roadmap_pipeline/attempt"
 
 # Transient database errors (a restart, a dropped connection) retry the whole step; item
 # failures raise Failure(allow_retries=False) and are retried by the retry sensor instead.
@@ -278,6 +273,10 @@ def framework_entry(
                     metadata=roll_up_metadata(report, folded_into=context.run_id),
                 )
             )
+            with connect(engine) as conn:
+                found = find_violations(conn, Scope.roadmap(roadmap_id), activity)
+            for evaluation in roadmap_check_evaluations(roadmap_id, found):
+                context.log_event(evaluation)
         else:
             for concept_id in concept_ids:
                 sync_concept(engine, roadmap_id, concept_id, activity)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dagster as dg
 
 from roadmap_pipeline.domain.statuses import ItemType
-from roadmap_pipeline.orchestration.assets import (
+from roadmap_pipeline.orchestration.keys import (
     CONTENT_ASSETS,
+    FLEET,
     FRAMEWORK_DATA,
     FRAMEWORK_ENTRY,
     ITEM_ASSETS,
@@ -54,3 +55,9 @@ def _regenerate_job(item: ItemType) -> dg.UnresolvedAssetJobDefinition:
 
 
 regenerate_item_jobs = [_regenerate_job(item) for item in ItemType]
+
+fleet_check_job = dg.define_asset_job(
+    "fleet_consistency_check",
+    selection=dg.AssetSelection.checks(dg.AssetCheckKey(FRAMEWORK_DATA, FLEET)),
+    description="Check-only: the fleet-wide consistency pass (full or incremental).",
+)

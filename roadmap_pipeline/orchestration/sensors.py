@@ -17,18 +17,20 @@ from dagster._core.storage.tags import (
 from roadmap_pipeline.domain.framework import FrameworkError, load_framework
 from roadmap_pipeline.domain.keys import UnsafeIdError, split_concept_key
 from roadmap_pipeline.orchestration.activity import DagsterActivity
-from roadmap_pipeline.orchestration.assets import (
+from roadmap_pipeline.orchestration.assets import framework_metadata
+from roadmap_pipeline.orchestration.jobs import generate_concepts_job, roll_up_job
+from roadmap_pipeline.orchestration.keys import (
     CONTENT_ASSETS,
+    FLEET_CHECK_KEY,
     FRAMEWORK_DATA,
     FRAMEWORK_ENTRY,
     ROADMAP_FRAMEWORK,
     ROADMAP_TAG,
     TASK_TAG,
-    framework_metadata,
 )
-from roadmap_pipeline.orchestration.jobs import generate_concepts_job, roll_up_job
 from roadmap_pipeline.orchestration.partitions import (
     CONCEPTS,
+    ROADMAPS,
     RoadmapKeys,
     contiguous_ranges,
     registration_requests,
@@ -263,3 +265,41 @@ def roadmap_settlement(context: dg.SensorEvaluationContext) -> dg.SensorResult |
             )
         state.dirty.pop(roadmap_id, None)
     return dg.SensorResult(run_requests=requests, cursor=state.dump())
+
+
+@dg.sensor(
+    job=roll_up_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description=(
+        "Opt-in repair automation (off by default): after each fleet_consistency evaluation, "
+        "rematerializes framework_data for every roadmap it lists as repairable (and that no "
+        "queued or running run touches). Rules that need a human are never touched."
+    ),
+)
+def consistency_repair(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    instance = context.instance
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [FLEET_CHECK_KEY]
+    ).get(FLEET_CHECK_KEY)
+    entry = latest.event if latest else None
+    evaluation = entry.dagster_event.event_specific_data if entry and entry.dagster_event else None
+    metadata = getattr(evaluation, "metadata", None) or {}
+    if latest is None or not metadata:
+        return dg.SkipReason("no fleet_consistency evaluation yet")
+    marker = str(latest.id)
+    if context.cursor == marker:
+        return dg.SkipReason("the latest fleet_consistency evaluation was handled")
+    repairable = [str(r) for r in getattr(metadata.get("repairable_roadmaps"), "value", [])]
+    registered = set(instance.get_dynamic_partitions(ROADMAPS.name or ""))
+    active = DagsterActivity(instance).active(repairable)
+    requests = [
+        dg.RunRequest(
+            run_key=f"repair:{roadmap_id}:{marker}",
+            partition_key=roadmap_id,
+            tags={ROADMAP_TAG: roadmap_id, "roadmap_pipeline/purpose": "repair"},
+        )
+        for roadmap_id in repairable
+        if roadmap_id in registered and not active.covers_roadmap(roadmap_id)
+    ]
+    return dg.SensorResult(run_requests=requests, cursor=marker)

@@ -1,0 +1,77 @@
+"""Turning violations into check outcomes and metadata a data engineer can read in the UI."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import dagster as dg
+
+from roadmap_pipeline.orchestration.keys import FRAMEWORK_DATA, ROADMAP_CONSISTENT, TASK_AGREES
+from roadmap_pipeline.store.invariants import REPAIRABLE_RULES, Rule, Violation, counts_by_rule
+
+ENTRY_RULES = (Rule.ITEM_NOT_MARKED, Rule.REF_MISSING, Rule.REF_MISMATCH, Rule.MULTIPLE_CURRENT)
+ROADMAP_RULES = (
+    *ENTRY_RULES,
+    Rule.ORPHAN_CONTENT,
+    Rule.INVALID_CONTENT,
+    Rule.MALFORMED_FRAMEWORK,
+)
+TASK_RULES = (Rule.TASK_STATUS_MISMATCH, Rule.ZOMBIE_STATUS)
+CHECK_RULES = {ROADMAP_CONSISTENT: ROADMAP_RULES, TASK_AGREES: TASK_RULES}
+DETAIL_ROWS = 20
+
+
+def violations_table(violations: Sequence[Violation], limit: int = DETAIL_ROWS) -> str:
+    """The first violations as a Markdown table (readable in the UI)."""
+    lines = ["| roadmap | concept | item | rule | detail |", "|---|---|---|---|---|"]
+    for v in violations[:limit]:
+        detail = v.detail.replace("|", "/")
+        lines.append(
+            f"| {v.roadmap_id} | {v.concept_id or ''} | {v.item or ''} | {v.rule} | {detail} |"
+        )
+    if len(violations) > limit:
+        lines.append(f"| ... | | | | {len(violations) - limit} more |")
+    return "\n".join(lines)
+
+
+def check_metadata(violations: Sequence[Violation], **extra: Any) -> dict[str, Any]:
+    counts = {rule: n for rule, n in counts_by_rule(violations).items() if n}
+    metadata: dict[str, Any] = {"violations": len(violations), "counts_by_rule": counts, **extra}
+    if violations:
+        metadata["detail"] = dg.MetadataValue.md(violations_table(violations))
+    return metadata
+
+
+def roadmap_check_results(
+    violations: Sequence[Violation],
+) -> dict[str, tuple[bool, dict[str, Any]]]:
+    """The two per-roadmap checks' outcomes from one roadmap's violations."""
+    results: dict[str, tuple[bool, dict[str, Any]]] = {}
+    for name, rules in CHECK_RULES.items():
+        found = [v for v in violations if v.rule in rules]
+        repairable = any(v.rule in REPAIRABLE_RULES for v in found)
+        results[name] = (
+            not found,
+            check_metadata(
+                found,
+                needs_human=sum(1 for v in found if v.rule not in REPAIRABLE_RULES),
+                repair="rematerialize framework_data for this roadmap" if repairable else "",
+            ),
+        )
+    return results
+
+
+def roadmap_check_evaluations(
+    roadmap_id: str, violations: Sequence[Violation]
+) -> list[dg.AssetCheckEvaluation]:
+    """The per-roadmap checks as events (logged by a run that rolled the roadmap up)."""
+    return [
+        dg.AssetCheckEvaluation(
+            asset_key=FRAMEWORK_DATA,
+            check_name=name,
+            passed=passed,
+            partition=roadmap_id,
+            metadata=metadata,
+            severity=dg.AssetCheckSeverity.ERROR,
+        )
+        for name, (passed, metadata) in roadmap_check_results(violations).items()
+    ]

@@ -1,0 +1,31 @@
+"""Asset keys, check names and run tags: the names the UI shows and the snapshot test pins."""
+
+import dagster as dg
+
+from roadmap_pipeline.domain.statuses import ItemType
+
+ROADMAP_FRAMEWORK = dg.AssetKey("roadmap_framework")
+TUTORIAL = dg.AssetKey("tutorial")
+RESOURCES = dg.AssetKey("resource_recommendations")
+QUIZ = dg.AssetKey("quiz")
+FRAMEWORK_ENTRY = dg.AssetKey("framework_entry")
+FRAMEWORK_DATA = dg.AssetKey("framework_data")
+
+ITEM_ASSETS: dict[ItemType, dg.AssetKey] = {
+    ItemType.TUTORIAL: TUTORIAL,
+    ItemType.RESOURCES: RESOURCES,
+    ItemType.QUIZ: QUIZ,
+}
+CONTENT_ASSETS = tuple(ITEM_ASSETS.values())
+ITEM_OF_ASSET = {asset: item.value for item, asset in ITEM_ASSETS.items()}
+
+CONTENT_VALID = "content_valid"
+ENTRY_AGREES = "entry_agrees_with_rows"
+ROADMAP_CONSISTENT = "roadmap_consistent"
+TASK_AGREES = "task_status_agrees"
+FLEET = "fleet_consistency"
+FLEET_CHECK_KEY = dg.AssetCheckKey(FRAMEWORK_DATA, FLEET)
+
+ROADMAP_TAG = "roadmap_pipeline/roadmap"
+TASK_TAG = "roadmap_pipeline/task"
+ATTEMPT_TAG = "roadmap_pipeline/attempt"
