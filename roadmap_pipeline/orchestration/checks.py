@@ -20,6 +20,7 @@ from roadmap_pipeline.orchestration.consistency import (
     CHECK_RULES,
     ENTRY_RULES,
     check_metadata,
+    log_evaluation,
     roadmap_check_results,
 )
 from roadmap_pipeline.orchestration.keys import (
@@ -139,7 +140,8 @@ def _log_partition_evaluation(
     severity: dg.AssetCheckSeverity,
     blocking: bool,
 ) -> None:
-    context.op_execution_context.log_event(  # type: ignore[arg-type]  # checks accepted
+    log_evaluation(
+        context.op_execution_context,
         dg.AssetCheckEvaluation(
             asset_key=asset_key,
             check_name=check_name,
@@ -148,7 +150,7 @@ def _log_partition_evaluation(
             metadata=check_metadata(violations),
             severity=severity,
             blocking=blocking,
-        )
+        ),
     )
 
 
@@ -280,7 +282,8 @@ def roadmap_checks(
         for name, (passed, metadata) in roadmap_check_results(violations).items():
             overall[name] += [v for v in violations if v.rule in CHECK_RULES[name]]
             if ranged:
-                context.op_execution_context.log_event(  # type: ignore[arg-type]
+                log_evaluation(
+                    context.op_execution_context,
                     dg.AssetCheckEvaluation(
                         asset_key=FRAMEWORK_DATA,
                         check_name=name,
@@ -288,7 +291,7 @@ def roadmap_checks(
                         partition=roadmap_id,
                         metadata=metadata,
                         severity=dg.AssetCheckSeverity.ERROR,
-                    )
+                    ),
                 )
     for name in (ROADMAP_CONSISTENT, TASK_AGREES):
         if dg.AssetCheckKey(FRAMEWORK_DATA, name) in context.selected_asset_check_keys:
