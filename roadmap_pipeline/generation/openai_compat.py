@@ -209,9 +209,8 @@ class OpenAICompatibleGenerator:
             )
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
-            reason = (
-                f"{item.value}: HTTP {status} from {where}: {self._redact(_short(exc.message))}"
-            )
+            detail = self._redact(_short(_status_message(exc)))
+            reason = f"{item.value}: HTTP {status} from {where}: {detail}"
             if status in (408, 409, 429) or status >= 500:
                 return TransientGenerationError(f"{reason} ({attempts} attempts)")
             return PermanentGenerationError(reason)
@@ -287,6 +286,14 @@ def _describe(exc: ValueError) -> str:
     if isinstance(exc, json.JSONDecodeError):
         return f"the reply is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
     return str(exc)
+
+
+def _status_message(exc: openai.APIStatusError) -> str:
+    """The server's own message (``{"error": {"message": ...}}``), else the client's summary."""
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return exc.message
 
 
 def _short(text: str) -> str:

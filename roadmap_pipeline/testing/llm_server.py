@@ -74,6 +74,7 @@ class Step:
 class RecordedRequest:
     body: dict[str, Any]
     received_at: float
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
     status: int = 0
 
     @property
@@ -203,7 +204,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = json.loads(raw or b"{}")
         state = self.shared
-        record = RecordedRequest(body=body, received_at=time.monotonic())
+        record = RecordedRequest(
+            body=body,
+            received_at=time.monotonic(),
+            headers={k.lower(): v for k, v in self.headers.items()},
+        )
         with state.lock:
             state.requests.append(record)
             step = state.steps.popleft() if state.steps else Step.valid()
@@ -216,7 +221,9 @@ class _Handler(BaseHTTPRequestHandler):
             with state.lock:
                 state.in_flight -= 1
 
-    def _answer(self, body: dict[str, Any], step: Step, latency: float, record: Any) -> None:
+    def _answer(
+        self, body: dict[str, Any], step: Step, latency: float, record: RecordedRequest
+    ) -> None:
         time.sleep(latency + step.delay_s)
         fmt = (body.get("response_format") or {}).get("type")
         if fmt == "json_schema" and not self.shared.json_schema_supported:

@@ -40,8 +40,8 @@ def checkpointer(checkpoint_url: str) -> Iterator[Any]:
 
 
 @pytest.fixture
-def locks(database_url: str, tmp_path: Path) -> Iterator[ConceptLocks]:
-    made = new_locks(database_url, tmp_path)
+def locks(database_url: str) -> Iterator[ConceptLocks]:
+    made = new_locks(database_url)
     yield made
     if isinstance(made, PostgresAdvisoryLocks):
         made.close()

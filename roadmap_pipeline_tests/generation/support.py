@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func, select
 
 from roadmap_pipeline.domain.statuses import ItemType
-from roadmap_pipeline.generation.locks import ConceptLocks, FileLocks, PostgresAdvisoryLocks
+from roadmap_pipeline.generation.locks import ConceptLocks, locks_for
 from roadmap_pipeline.generation.workflow import NodeRetrySettings
 from roadmap_pipeline.samples import synthetic_framework
 from roadmap_pipeline.store.activity import NothingRunning
@@ -42,11 +41,10 @@ def submit(engine: Engine, roadmap_id: str, concepts: int) -> Roadmap:
     return Roadmap(roadmap_id, ids, document)
 
 
-def new_locks(database_url: str, tmp_path: Path) -> ConceptLocks:
-    """A separate locks object, as a second worker process would have."""
-    if database_url.startswith("sqlite"):
-        return FileLocks(tmp_path / "locks")
-    return PostgresAdvisoryLocks(database_url)
+def new_locks(database_url: str) -> ConceptLocks:
+    """A separate locks object, as a second worker process would have (the same kind and place
+    that ``locks_for`` gives every worker of this database)."""
+    return locks_for(database_url)
 
 
 def row_counts(engine: Engine, roadmap_id: str, concept_id: str) -> dict[str, int]:

@@ -381,10 +381,10 @@ def test_run_concepts_passes_each_roadmaps_preferences(engine, checkpointer, loc
 
 
 def test_a_held_lock_makes_a_non_waiting_worker_skip(
-    engine, roadmap, workflow, database_url, tmp_path, call_log
+    engine, roadmap, workflow, database_url, call_log
 ):
     concept = roadmap.concept_ids[0]
-    other = new_locks(database_url, tmp_path)
+    other = new_locks(database_url)
     with other.hold(concept_key(roadmap.roadmap_id, concept), wait=False) as held:
         assert held
         outcome = workflow.run(roadmap.roadmap_id, concept, request_id="r", wait_for_lock=False)
@@ -397,16 +397,14 @@ def test_a_held_lock_makes_a_non_waiting_worker_skip(
 
 @pytest.mark.parametrize("wait", [True, False], ids=["second-waits", "second-skips"])
 def test_two_workers_on_one_concept_produce_one_set_of_rows(
-    engine, roadmap, checkpointer, database_url, tmp_path, call_log, wait
+    engine, roadmap, checkpointer, database_url, call_log, wait
 ):
     """Two workers (separate lock objects, as two processes have) get the same request for the
     same concept: one generates; the other waits and then finds everything done, or skips."""
     concept = roadmap.concept_ids[0]
     slow = RecordingGenerator(OfflineGenerator(), call_log, delay_s=0.15)
     workers = [
-        ConceptWorkflow(
-            engine, slow, checkpointer, new_locks(database_url, tmp_path), node_retry=FAST_RETRY
-        )
+        ConceptWorkflow(engine, slow, checkpointer, new_locks(database_url), node_retry=FAST_RETRY)
         for _ in range(2)
     ]
     outcomes: list[Any] = [None, None]
