@@ -1,0 +1,235 @@
+"""The code location in-process on a real instance: intake, batch runs with exact per-concept
+status, settlement, regeneration of one item. Our database runs on SQLite and Postgres."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import dagster as dg
+from sqlalchemy import select
+
+from roadmap_pipeline.domain.statuses import TaskStatus
+from roadmap_pipeline.orchestration.keys import (
+    FRAMEWORK_DATA,
+    FRAMEWORK_ENTRY,
+    QUIZ,
+    RESOURCES,
+    ROADMAP_FRAMEWORK,
+    TUTORIAL,
+)
+from roadmap_pipeline.orchestration.partitions import CONCEPTS, registered_concept_keys
+from roadmap_pipeline.samples import load_sample, synthetic_framework
+from roadmap_pipeline.store.activity import NothingRunning
+from roadmap_pipeline.store.database import connect
+from roadmap_pipeline.store.invariants import Scope, find_violations
+from roadmap_pipeline.store.schema import (
+    QuizMetadata,
+    ResourceRecommendationMetadata,
+    RoadmapTask,
+    TutorialMetadata,
+)
+from roadmap_pipeline.store.writers import submit_roadmap
+from roadmap_pipeline_tests.dagster.conftest import Pipeline
+
+ROADMAP = "agent-performance-tuning-x5y9z2w8"
+FAILING = ["c-3-2-3", "c-3-2-4", "c-3-2-5"]
+
+
+def quiz_fails_permanently(concepts: list[str]) -> str:
+    return json.dumps(
+        {
+            "fail": [
+                {"concept": c, "item": "quiz", "times": 1000, "kind": "permanent"} for c in concepts
+            ]
+        }
+    )
+
+
+def statuses(pipeline: Pipeline, asset: dg.AssetKey, roadmap_id: str) -> Counter[str]:
+    keys = registered_concept_keys(pipeline.instance, roadmap_id)
+    found = pipeline.instance.get_status_by_partition(asset, keys, CONCEPTS)
+    return Counter(status.value for status in found.values())
+
+
+def task_row(pipeline: Pipeline, roadmap_id: str) -> Any:
+    with connect(pipeline.engine) as conn:
+        return conn.execute(select(RoadmapTask).where(RoadmapTask.roadmap_id == roadmap_id)).one()
+
+
+def violations(pipeline: Pipeline) -> list:
+    with connect(pipeline.engine) as conn:
+        return find_violations(conn, Scope.fleet(), NothingRunning())
+
+
+def intake(pipeline: Pipeline) -> dg.SensorResult:
+    result = pipeline.tick("roadmap_intake")
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def test_intake_registers_a_roadmap_in_one_call_and_requests_one_run(pipeline: Pipeline) -> None:
+    submit_roadmap(pipeline.engine, load_sample(ROADMAP))
+    result = intake(pipeline)
+
+    concept_adds = [
+        r for r in result.dynamic_partitions_requests if r.partitions_def_name == "concepts"
+    ]
+    assert len(concept_adds) == 1 and len(concept_adds[0].partition_keys) == 30
+    assert [
+        r.partition_keys
+        for r in result.dynamic_partitions_requests
+        if r.partitions_def_name == "roadmaps"
+    ] == [[ROADMAP]]
+    [request] = result.run_requests
+    assert request.partition_key_range == dg.PartitionKeyRange(
+        f"{ROADMAP}/c-1-1-1", f"{ROADMAP}/c-3-2-5"
+    )
+    assert set(request.asset_selection) == {TUTORIAL, RESOURCES, QUIZ, FRAMEWORK_ENTRY}
+    assert task_row(pipeline, ROADMAP).status == TaskStatus.PROCESSING
+    assert result.asset_events[0].asset_key == ROADMAP_FRAMEWORK
+    # A second tick finds nothing new: the roadmap is registered and its task moved on.
+    assert isinstance(pipeline.tick("roadmap_intake"), dg.SkipReason)
+
+
+def test_a_roadmap_materializes_end_to_end_in_one_run(pipeline: Pipeline) -> None:
+    submit_roadmap(pipeline.engine, load_sample(ROADMAP))
+    [request] = intake(pipeline).run_requests
+    result = pipeline.execute(request)
+
+    assert result.success
+    for asset in (TUTORIAL, RESOURCES, QUIZ, FRAMEWORK_ENTRY):
+        assert statuses(pipeline, asset, ROADMAP) == {"MATERIALIZED": 30}
+    task = task_row(pipeline, ROADMAP)
+    assert task.status == TaskStatus.COMPLETED and task.failed_concepts == []
+    assert violations(pipeline) == []
+    # The run rolled the roadmap up (it covered every concept) and checked it.
+    rolled = pipeline.instance.fetch_materializations(FRAMEWORK_DATA, limit=1).records
+    assert rolled[0].partition_key == ROADMAP
+    # One materialization per partition and asset, with that concept's own metadata.
+    events = pipeline.instance.fetch_materializations(TUTORIAL, limit=100).records
+    assert len(events) == 30 and len({e.partition_key for e in events}) == 30
+    metadata = events[0].asset_materialization.metadata
+    assert metadata["content_version"].value == "v1"
+    assert metadata["concept_id"].value.startswith(ROADMAP)
+    # The settlement sensor sees that the roadmap is already settled.
+    assert isinstance(pipeline.tick("roadmap_settlement"), (dg.SkipReason, dg.SensorResult))
+    settle = pipeline.tick("roadmap_settlement")
+    assert not isinstance(settle, dg.SensorResult) or not settle.run_requests
+
+
+def test_failing_quizzes_fail_exactly_their_partitions_and_settle_partial_failure(
+    pipeline: Pipeline,
+) -> None:
+    pipeline = pipeline.with_faults(quiz_fails_permanently(FAILING))
+    submit_roadmap(pipeline.engine, load_sample(ROADMAP))
+    [request] = intake(pipeline).run_requests
+    result = pipeline.execute(request)
+
+    assert not result.success
+    assert statuses(pipeline, QUIZ, ROADMAP) == {"MATERIALIZED": 27, "FAILED": 3}
+    assert statuses(pipeline, TUTORIAL, ROADMAP) == {"MATERIALIZED": 30}
+    assert statuses(pipeline, RESOURCES, ROADMAP) == {"MATERIALIZED": 30}
+    failed_keys = {
+        key
+        for key, status in pipeline.instance.get_status_by_partition(
+            QUIZ, registered_concept_keys(pipeline.instance, ROADMAP), CONCEPTS
+        ).items()
+        if status.value == "FAILED"
+    }
+    assert failed_keys == {f"{ROADMAP}/{c}" for c in FAILING}
+
+    settle = pipeline.tick("roadmap_settlement")
+    assert isinstance(settle, dg.SensorResult)
+    [settle_request] = settle.run_requests
+    assert list(settle_request.asset_selection) == [FRAMEWORK_ENTRY]
+    assert pipeline.execute(settle_request).success
+
+    task = task_row(pipeline, ROADMAP)
+    assert task.status == TaskStatus.PARTIAL_FAILURE
+    assert {f["concept_id"] for f in task.failed_concepts} == {f"{ROADMAP}:{c}" for c in FAILING}
+    assert all(f["items"] == ["quiz"] for f in task.failed_concepts)
+    assert violations(pipeline) == []
+    with connect(pipeline.engine) as conn:
+        assert len(conn.execute(select(QuizMetadata.quiz_id)).all()) == 27
+        assert len(conn.execute(select(TutorialMetadata.tutorial_id)).all()) == 30
+
+
+def test_a_framework_with_unsafe_ids_fails_its_task_and_the_rest_goes_on(
+    pipeline: Pipeline,
+) -> None:
+    good = synthetic_framework("good-roadmap", 4)
+    bad = synthetic_framework("bad-roadmap", 3)
+    submit_roadmap(pipeline.engine, good)
+    submit_roadmap(pipeline.engine, bad)
+    # The service may store ids that cannot be partition keys; intake must say so, not drop them.
+    with connect(pipeline.engine) as conn, conn.begin():
+        from roadmap_pipeline.store.schema import RoadmapMetadata
+
+        document = conn.execute(
+            select(RoadmapMetadata.framework_data).where(
+                RoadmapMetadata.roadmap_id == "bad-roadmap"
+            )
+        ).scalar_one()
+        document["stages"][0]["modules"][0]["concepts"][0]["concept_id"] = "bad-roadmap:c 1|x"
+        conn.execute(
+            RoadmapMetadata.__table__.update()
+            .where(RoadmapMetadata.roadmap_id == "bad-roadmap")
+            .values(framework_data=document)
+        )
+    result = intake(pipeline)
+    assert [r.tags["roadmap_pipeline/roadmap"] for r in result.run_requests] == ["good-roadmap"]
+    bad_task = task_row(pipeline, "bad-roadmap")
+    assert bad_task.status == TaskStatus.FAILED
+    assert "unsafe in a partition key" in bad_task.error_message and "'|'" in bad_task.error_message
+    assert task_row(pipeline, "good-roadmap").status == TaskStatus.PROCESSING
+    assert "bad-roadmap" not in pipeline.instance.get_dynamic_partitions("roadmaps")
+
+
+def test_regenerating_the_quiz_of_one_concept_bumps_only_the_quiz(pipeline: Pipeline) -> None:
+    submit_roadmap(pipeline.engine, synthetic_framework("regen", 3))
+    [request] = intake(pipeline).run_requests
+    assert pipeline.execute(request).success
+    key = "regen/c-1-1-2"
+    with connect(pipeline.engine) as conn:
+        before = {
+            "tutorials": conn.execute(select(TutorialMetadata.tutorial_id)).scalars().all(),
+            "resources": conn.execute(
+                select(
+                    ResourceRecommendationMetadata.id, ResourceRecommendationMetadata.generated_at
+                )
+            ).all(),
+            "quiz": conn.execute(
+                select(QuizMetadata.quiz_id, QuizMetadata.generated_at).where(
+                    QuizMetadata.concept_id == "regen:c-1-1-2"
+                )
+            ).one(),
+        }
+    result = pipeline.run_job("regenerate_quiz", partition_key=key)
+    assert result.success
+    with connect(pipeline.engine) as conn:
+        assert (
+            conn.execute(select(TutorialMetadata.tutorial_id)).scalars().all()
+            == before["tutorials"]
+        )
+        assert (
+            conn.execute(
+                select(
+                    ResourceRecommendationMetadata.id, ResourceRecommendationMetadata.generated_at
+                )
+            ).all()
+            == before["resources"]
+        )
+        quiz = conn.execute(
+            select(QuizMetadata.quiz_id, QuizMetadata.generated_at).where(
+                QuizMetadata.concept_id == "regen:c-1-1-2"
+            )
+        ).one()
+    assert quiz.quiz_id == before["quiz"].quiz_id  # learners' attempts keep their quiz
+    assert quiz.generated_at > before["quiz"].generated_at
+    quiz_events = pipeline.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=QUIZ, asset_partitions=[key]), limit=10
+    ).records
+    assert len(quiz_events) == 2
+    assert violations(pipeline) == []
