@@ -76,7 +76,8 @@ def test_intake_registers_a_roadmap_in_one_call_and_requests_one_run(pipeline: P
     concept_adds = [
         r for r in result.dynamic_partitions_requests if r.partitions_def_name == "concepts"
     ]
-    assert len(concept_adds) == 1 and len(concept_adds[0].partition_keys) == 30
+    assert len(concept_adds) == 1
+    assert len(concept_adds[0].partition_keys) == 30
     assert [
         r.partition_keys
         for r in result.dynamic_partitions_requests
@@ -102,14 +103,16 @@ def test_a_roadmap_materializes_end_to_end_in_one_run(pipeline: Pipeline) -> Non
     for asset in (TUTORIAL, RESOURCES, QUIZ, FRAMEWORK_ENTRY):
         assert statuses(pipeline, asset, ROADMAP) == {"MATERIALIZED": 30}
     task = task_row(pipeline, ROADMAP)
-    assert task.status == TaskStatus.COMPLETED and task.failed_concepts == []
+    assert task.status == TaskStatus.COMPLETED
+    assert task.failed_concepts == []
     assert violations(pipeline) == []
     # The run rolled the roadmap up (it covered every concept) and checked it.
     rolled = pipeline.instance.fetch_materializations(FRAMEWORK_DATA, limit=1).records
     assert rolled[0].partition_key == ROADMAP
     # One materialization per partition and asset, with that concept's own metadata.
     events = pipeline.instance.fetch_materializations(TUTORIAL, limit=100).records
-    assert len(events) == 30 and len({e.partition_key for e in events}) == 30
+    assert len(events) == 30
+    assert len({e.partition_key for e in events}) == 30
     metadata = events[0].asset_materialization.metadata
     assert metadata["content_version"].value == "v1"
     assert metadata["concept_id"].value.startswith(ROADMAP)
@@ -182,7 +185,8 @@ def test_a_framework_with_unsafe_ids_fails_its_task_and_the_rest_goes_on(
     assert [r.tags["roadmap_pipeline/roadmap"] for r in result.run_requests] == ["good-roadmap"]
     bad_task = task_row(pipeline, "bad-roadmap")
     assert bad_task.status == TaskStatus.FAILED
-    assert "unsafe in a partition key" in bad_task.error_message and "'|'" in bad_task.error_message
+    assert "unsafe in a partition key" in bad_task.error_message
+    assert "'|'" in bad_task.error_message
     assert task_row(pipeline, "good-roadmap").status == TaskStatus.PROCESSING
     assert "bad-roadmap" not in pipeline.instance.get_dynamic_partitions("roadmaps")
 
