@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.postgres import PostgresSaver
+from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 from psycopg.rows import dict_row
@@ -60,6 +61,22 @@ class StrictCheckpointSerializer(JsonPlusSerializer):
 
 def checkpoint_serializer() -> StrictCheckpointSerializer:
     return StrictCheckpointSerializer()
+
+
+class PooledPostgresSaver(PostgresSaver):
+    """PostgresSaver whose operations run in parallel on its pool.
+
+    LangGraph's saver wraps every operation in one process-wide lock, which a single shared
+    connection needs but a pool does not: each operation checks out its own connection. With the
+    lock, concurrent concepts queue behind each other's checkpoint round trips (measured with
+    ``benchmarks/generation_concurrency.py`` at concurrency 10: 0.1-0.2 s less wall time in three
+    of three paired runs). The pool bounds the connections; each operation is one statement or
+    transaction on the connection it checked out.
+    """
+
+    def __init__(self, pool: ConnectionPool[Any], serde: SerializerProtocol) -> None:
+        super().__init__(pool, serde=serde)
+        self.lock = nullcontext()  # type: ignore[assignment]
 
 
 def default_checkpoint_url(database_url: str) -> str:
@@ -132,7 +149,7 @@ def _postgres_checkpointer(conninfo: str, pool_size: int) -> Iterator[PostgresSa
     )
     pool.open(wait=True, timeout=30)
     try:
-        saver = PostgresSaver(pool, serde=checkpoint_serializer())
+        saver = PooledPostgresSaver(pool, checkpoint_serializer())
         _setup_serialised(conninfo, saver)
         yield saver
     finally:

@@ -15,6 +15,7 @@ message (a server that echoes it back gets it redacted).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -222,12 +223,31 @@ class OpenAICompatibleGenerator:
         return text.replace(self._secret, "***") if self._secret else text
 
 
+@functools.cache
+def _schema(item: ItemType) -> dict[str, Any]:
+    # Building a JSON schema is costly CPU (it showed in the concurrency benchmark); the models
+    # never change at run time.
+    return CONTENT_MODEL[item].model_json_schema()
+
+
+@functools.cache
+def _system_prompt(item: ItemType) -> str:
+    schema = json.dumps(_schema(item), separators=(",", ":"))
+    return (
+        "You write learning content for one concept of a learning roadmap.\n"
+        f"Item: {item.value}\n"
+        f"{_GUIDANCE[item]}\n"
+        "Reply with exactly one JSON object and nothing else (no prose, no code fences), "
+        f"valid against this JSON schema:\n{schema}"
+    )
+
+
 def _json_schema_format(item: ItemType) -> dict[str, Any]:
     return {
         "type": "json_schema",
         "json_schema": {
             "name": item.value,
-            "schema": CONTENT_MODEL[item].model_json_schema(),
+            "schema": _schema(item),
             # strict=True would reject the schema's limits (lengths, ranges, uri format); the
             # reply is validated by the domain model anyway.
             "strict": False,
@@ -236,14 +256,6 @@ def _json_schema_format(item: ItemType) -> dict[str, Any]:
 
 
 def _messages(item: ItemType, context: ConceptContext) -> list[dict[str, str]]:
-    schema = json.dumps(CONTENT_MODEL[item].model_json_schema(), separators=(",", ":"))
-    system = (
-        "You write learning content for one concept of a learning roadmap.\n"
-        f"Item: {item.value}\n"
-        f"{_GUIDANCE[item]}\n"
-        "Reply with exactly one JSON object and nothing else (no prose, no code fences), "
-        f"valid against this JSON schema:\n{schema}"
-    )
     concept = context.concept
     facts = {
         "roadmap": context.roadmap_title,
@@ -257,7 +269,10 @@ def _messages(item: ItemType, context: ConceptContext) -> list[dict[str, str]]:
         "learner_preferences": context.preferences,
     }
     user = f"Write the {item.value} for this concept:\n" + json.dumps(facts, ensure_ascii=False)
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return [
+        {"role": "system", "content": _system_prompt(item)},
+        {"role": "user", "content": user},
+    ]
 
 
 def _parse(reply: str, model: type[ModelT]) -> ModelT:

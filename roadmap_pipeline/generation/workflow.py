@@ -37,6 +37,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import RetryPolicy
 
 from roadmap_pipeline.domain.content import ItemContent
+from roadmap_pipeline.domain.framework import Framework
 from roadmap_pipeline.domain.keys import concept_key
 from roadmap_pipeline.domain.statuses import ItemType
 from roadmap_pipeline.generation.faults import FaultInjectingGenerator, FaultPlan, KillPoint
@@ -51,8 +52,8 @@ from roadmap_pipeline.generation.locks import ConceptLocks
 from roadmap_pipeline.store.database import connect
 from roadmap_pipeline.store.writers import (
     ItemWrite,
+    UnknownConcept,
     find_generation,
-    require_concept,
     require_roadmap,
     save_item,
 )
@@ -134,6 +135,14 @@ class NodeRetrySettings:
         )
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """Per-invocation context (LangGraph runtime context, never checkpointed): the roadmap's
+    framework, loaded once per run instead of once per node."""
+
+    framework: Framework
+
+
 def _merge_outcomes(
     left: dict[str, dict[str, Any]], right: dict[str, dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
@@ -187,7 +196,7 @@ class ConceptWorkflow:
     # --- the graph --------------------------------------------------------------------------
 
     def _build_graph(self) -> Any:
-        graph = StateGraph(ConceptState)
+        graph = StateGraph(ConceptState, context_schema=RunContext)
         policy = self.node_retry.policy()
         previous = START
         for item in ITEM_ORDER:
@@ -198,23 +207,27 @@ class ConceptWorkflow:
         return graph.compile(checkpointer=self.checkpointer)
 
     def _node(self, item: ItemType) -> Callable[..., dict[str, Any]]:
-        def node(state: ConceptState, runtime: Runtime) -> dict[str, Any]:
+        def node(state: ConceptState, runtime: Runtime[RunContext]) -> dict[str, Any]:
             if item.value not in state["items"]:
                 return {}
             info = runtime.execution_info
             attempt = info.node_attempt if info is not None else self.node_retry.max_attempts
-            outcome = self._produce(state, item, attempt)
+            framework = runtime.context.framework if runtime.context is not None else None
+            outcome = self._produce(state, item, attempt, framework)
             return {"outcomes": {item.value: outcome.to_state()}}
 
         node.__name__ = item.value
         return node
 
-    def _produce(self, state: ConceptState, item: ItemType, attempt: int) -> ItemOutcome:
+    def _produce(
+        self, state: ConceptState, item: ItemType, attempt: int, framework: Framework | None
+    ) -> ItemOutcome:
         roadmap_id, concept_id = state["roadmap_id"], state["concept_id"]
         generation_id = state["generation_ids"][item.value]
         with connect(self.engine) as conn:
             done = find_generation(conn, generation_id)
-            framework = require_roadmap(conn, roadmap_id) if done is None else None
+            if done is None and framework is None:
+                framework = require_roadmap(conn, roadmap_id)
         if done is not None:
             # The write of this generation committed before (a crash after the write, or a
             # second worker on the same request): never generate it again.
@@ -291,26 +304,40 @@ class ConceptWorkflow:
         request_id: str,
         preferences: dict[str, Any],
     ) -> tuple[dict[ItemType, ItemOutcome], bool]:
-        config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+        config: RunnableConfig = {
+            "configurable": {"thread_id": thread_id},
+            # LangGraph runs checkpoint saves on a thread pool it creates per invocation; the
+            # graph is a chain and durability="sync" waits for each save, so one worker is all
+            # it can use. More only spawns threads (serialised on a global lock in
+            # concurrent.futures), which cost the most when many concepts run at once.
+            "max_concurrency": 1,
+        }
+        context = RunContext(self._load_framework(roadmap_id, concept_id))
         outcomes: dict[ItemType, ItemOutcome] = {}
         snapshot = self.graph.get_state(config)
         resumed = bool(snapshot.next)
         if resumed:
             logger.info("resuming the unfinished run of %s at %s", thread_id, snapshot.next)
-            outcomes |= self._invoke(None, config)
+            outcomes |= self._invoke(None, config, context)
         elif snapshot.values:
             # A finished run whose pruning was interrupted: starting on top of it would merge
             # its outcomes into the new run's.
             self.checkpointer.delete_thread(thread_id)
         remaining = [i for i in requested if i not in outcomes]
         if remaining:
-            with connect(self.engine) as conn:
-                require_concept(conn, roadmap_id, concept_id)
             start = self._initial_state(
                 roadmap_id, concept_id, thread_id, remaining, request_id, preferences
             )
-            outcomes |= self._invoke(start, config)
+            outcomes |= self._invoke(start, config, context)
         return outcomes, resumed
+
+    def _load_framework(self, roadmap_id: str, concept_id: str) -> Framework:
+        """The roadmap's tree; UnknownRoadmap/UnknownConcept before any thread is started."""
+        with connect(self.engine) as conn:
+            framework = require_roadmap(conn, roadmap_id)
+        if concept_id not in {c.concept_id for c in framework.concepts()}:
+            raise UnknownConcept(f"roadmap {roadmap_id!r} has no concept {concept_id!r}")
+        return framework
 
     def _initial_state(
         self,
@@ -332,9 +359,9 @@ class ConceptWorkflow:
         }
 
     def _invoke(
-        self, start: ConceptState | None, config: RunnableConfig
+        self, start: ConceptState | None, config: RunnableConfig, context: RunContext
     ) -> dict[ItemType, ItemOutcome]:
-        final = self.graph.invoke(start, config, durability="sync")
+        final = self.graph.invoke(start, config, context=context, durability="sync")
         # Reached END: the rows are the record now, the checkpoints only cost space.
         self.checkpointer.delete_thread(config["configurable"]["thread_id"])
         return {

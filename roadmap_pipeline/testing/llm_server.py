@@ -1,5 +1,10 @@
 """An OpenAI-compatible chat-completions server on 127.0.0.1, scriptable per request.
 
+    python -m roadmap_pipeline.testing.llm_server [--latency 0.2] [--port 0]
+
+(run alone it prints its base URL and serves valid replies until killed; ``GET /v1/_stats``
+returns its counters).
+
 A real socket on an ephemeral port (stdlib ``http.server``, one thread per request), so the
 generator is tested through the real ``openai`` client and HTTP stack, with no patching.
 
@@ -12,6 +17,7 @@ counts calls, records every request body and the peak number of requests in flig
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -105,14 +111,16 @@ class _State:
 class LLMServer:
     """Start with ``with LLMServer() as server:``; point a client at ``server.base_url``."""
 
-    def __init__(self, latency_s: float = 0.0, *, json_schema_supported: bool = True) -> None:
+    def __init__(
+        self, latency_s: float = 0.0, *, json_schema_supported: bool = True, port: int = 0
+    ) -> None:
         self._state = _State(latency_s=latency_s, json_schema_supported=json_schema_supported)
         state = self._state
 
         class Handler(_Handler):
             shared = state
 
-        self._httpd = _Server(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", port), Handler)
         self._thread: threading.Thread | None = None
 
     @property
@@ -192,9 +200,22 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     shared: _State
     protocol_version = "HTTP/1.1"  # keep-alive, as the client expects
+    # Headers and body go out in separate writes; with Nagle's algorithm and the client's
+    # delayed ACK every reply would wait ~40 ms on a kept-alive connection.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         return  # keep test output clean
+
+    def do_GET(self) -> None:
+        # Counters for a client in another process (the benchmark runs the server apart).
+        if self.path.rstrip("/").endswith("/_stats"):
+            state = self.shared
+            with state.lock:
+                stats = {"calls": len(state.requests), "peak_in_flight": state.peak_in_flight}
+            self._send(200, stats)
+            return
+        self._send(404, {"error": {"message": f"no route {self.path}"}})
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -311,3 +332,21 @@ def _completion(body: dict[str, Any], content: str) -> dict[str, Any]:
         ],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="a loopback OpenAI-compatible LLM server")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each reply")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    server = LLMServer(args.latency, port=args.port).start()
+    print(server.base_url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,6 +17,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from roadmap_pipeline.domain.keys import concept_key
 from roadmap_pipeline.generation.checkpointer import (
+    PooledPostgresSaver,
     StrictCheckpointSerializer,
     UnsafeCheckpointError,
     default_checkpoint_url,
@@ -79,6 +80,7 @@ def test_sqlite_checkpointer_owns_a_thread_shareable_connection(tmp_path):
 def test_postgres_checkpointer_has_its_own_bounded_pool(pg_schema_url, driver):
     url = pg_schema_url.replace("postgresql+psycopg://", f"{driver}://", 1)
     with open_checkpointer(url, pool_size=3) as saver:
+        assert isinstance(saver, PooledPostgresSaver)
         assert isinstance(saver, PostgresSaver)
         assert isinstance(saver.serde, StrictCheckpointSerializer)
         assert saver.conn.max_size == 3

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -202,3 +206,19 @@ def test_concurrent_requests_are_bounded_by_max_concurrency(context):
         assert server.calls == 6
         assert server.peak_in_flight == 2
     assert elapsed >= 0.6  # 6 calls of 0.2 s, two at a time
+
+
+def test_the_server_runs_as_its_own_process_and_reports_its_calls(context):
+    """How the benchmark uses it: a child process, counters over HTTP."""
+    command = [sys.executable, "-m", "roadmap_pipeline.testing.llm_server", "--latency", "0"]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        base_url = child.stdout.readline().strip()
+        generator = OpenAICompatibleGenerator(base_url, "m", API_KEY, timeout_s=5)
+        generator.quiz(context)
+        with urllib.request.urlopen(f"{base_url}/_stats", timeout=5) as reply:
+            assert json.load(reply) == {"calls": 1, "peak_in_flight": 1}
+    finally:
+        child.kill()
+        child.wait(timeout=10)
