@@ -4,8 +4,6 @@ Policy that concerns every asset lives here, in one place. Configuration resolve
 (``dg.EnvVar``); importing this module reads no environment variable and opens no connection.
 """
 
-from __future__ import annotations
-
 import dagster as dg
 
 from roadmap_pipeline import environment as env
@@ -15,7 +13,14 @@ from roadmap_pipeline.orchestration.assets import (
     framework_entry,
     roadmap_framework,
 )
+from roadmap_pipeline.orchestration.checks import (
+    content_valid,
+    entry_agrees_with_rows,
+    fleet_consistency,
+    roadmap_checks,
+)
 from roadmap_pipeline.orchestration.jobs import (
+    fleet_check_job,
     generate_concepts_job,
     regenerate_item_jobs,
     register_roadmap_job,
@@ -26,7 +31,12 @@ from roadmap_pipeline.orchestration.resources import (
     ContentGeneratorResource,
     RoadmapDatabase,
 )
+from roadmap_pipeline.orchestration.schedules import (
+    DEFAULT_FLEET_CHECK_CRON,
+    fleet_check_schedule,
+)
 from roadmap_pipeline.orchestration.sensors import (
+    consistency_repair,
     roadmap_intake,
     roadmap_settlement,
 )
@@ -48,12 +58,22 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
 
 def build_definitions(
     resources: dict[str, dg.ConfigurableResource] | None = None,
+    fleet_check_cron: str = DEFAULT_FLEET_CHECK_CRON,
+    full_pass_every_hours: float = 24.0,
 ) -> dg.Definitions:
-    """The whole code location; tests pass their own resources."""
+    """The whole code location; tests and deployments pass their own resources and cadence."""
     return dg.Definitions(
         assets=[roadmap_framework, concept_content, framework_entry, framework_data],
-        jobs=[generate_concepts_job, roll_up_job, register_roadmap_job, *regenerate_item_jobs],
-        sensors=[roadmap_intake, roadmap_settlement],
+        asset_checks=[content_valid, entry_agrees_with_rows, roadmap_checks, fleet_consistency],
+        jobs=[
+            generate_concepts_job,
+            roll_up_job,
+            register_roadmap_job,
+            fleet_check_job,
+            *regenerate_item_jobs,
+        ],
+        schedules=[fleet_check_schedule(fleet_check_cron, full_pass_every_hours)],
+        sensors=[roadmap_intake, roadmap_settlement, consistency_repair],
         resources=resources or default_resources(),
         # Steps of a run execute in the run's own process: a roadmap's steps are sequential
         # anyway (content -> checks -> entry), and a process per step costs seconds of imports.

@@ -7,6 +7,7 @@ Launchpad). Nothing here reads the environment when the module is imported.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,15 +81,13 @@ class RoadmapDatabase(dg.ConfigurableResource):
 
 
 def max_concurrent_runs(instance: dg.DagsterInstance) -> int:
-    """The run coordinator's limit (a default coordinator runs one run per launch: count 1)."""
-    coordinator: Any = instance.run_coordinator
-    limit = getattr(coordinator, "get_run_queue_config", None)
-    if callable(limit):
-        config = limit()
-        value = getattr(config, "max_concurrent_runs", None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 1
+    """The instance's limit on runs in progress (``concurrency.runs.max_concurrent_runs``)."""
+    queue = instance.get_concurrency_config().run_queue_config
+    value = getattr(queue, "max_concurrent_runs", None)
+    # -1 disables the limit: count the pools of one run per CPU, the most a machine can run.
+    if isinstance(value, int) and value > 0:
+        return value
+    return os.cpu_count() or 1
 
 
 class ContentGeneratorResource(dg.ConfigurableResource):
