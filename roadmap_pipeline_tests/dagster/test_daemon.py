@@ -146,10 +146,10 @@ def test_the_fleet_check_schedule_ticks_and_reports_a_planted_violation(
         )
         conn.execute(
             text(
-                "INSERT INTO tutorial_metadata (tutorial_id, roadmap_id, concept_id, title, summary, "
-                "content_url, content_status, content_version, is_latest, "
-                "estimated_completion_time, generated_at) VALUES ('service-made-v2', :r, :c, 't', "
-                "'s', :u, 'completed', 2, true, 30, now() AT TIME ZONE 'utc')"
+                "INSERT INTO tutorial_metadata (tutorial_id, roadmap_id, concept_id, title, "
+                "summary, content_url, content_status, content_version, is_latest, "
+                "estimated_completion_time, generated_at) VALUES ('service-made-v2', :r, :c, "
+                "'t', 's', :u, 'completed', 2, true, 30, now() AT TIME ZONE 'utc')"
             ),
             {"r": CLEAN, "c": concept, "u": f"{CLEAN}/concepts/{concept}/v2.md"},
         )
