@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, TypedDict
 
 import sqlalchemy
@@ -318,7 +318,13 @@ class ConceptWorkflow:
         resumed = bool(snapshot.next)
         if resumed:
             logger.info("resuming the unfinished run of %s at %s", thread_id, snapshot.next)
-            outcomes |= self._invoke(None, config, context)
+            earlier = set((snapshot.values or {}).get("outcomes") or {})
+            for item, outcome in self._invoke(None, config, context).items():
+                # Items finished by the interrupted process: nothing was generated for them now.
+                done_before = item.value in earlier
+                outcomes[item] = (
+                    replace(outcome, generated=False, attempts=0) if done_before else outcome
+                )
         elif snapshot.values:
             # A finished run whose pruning was interrupted: starting on top of it would merge
             # its outcomes into the new run's.

@@ -115,6 +115,7 @@ def test_a_worker_killed_at_every_point_loses_and_duplicates_nothing(
 
     assert outcome is not None
     assert outcome["resumed"] is True
+    assert [o["generated"] for o in outcome["items"].values()] == [False, False, False]
     assert {i: o["status"] for i, o in outcome["items"].items()} == {
         "tutorial": "completed",
         "resources": "completed",
