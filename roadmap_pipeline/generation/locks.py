@@ -17,6 +17,7 @@ locked:
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
 import threading
 import time
@@ -30,6 +31,8 @@ from filelock import FileLock, Timeout
 from sqlalchemy.engine import make_url
 
 from roadmap_pipeline.generation.checkpointer import psycopg_conninfo
+
+logger = logging.getLogger(__name__)
 
 _PG_NAMESPACE = "roadmap_pipeline:thread:"
 _POLL_START_S = 0.02
@@ -139,11 +142,20 @@ class PostgresAdvisoryLocks:
 
     def _release(self, thread_id: str) -> None:
         with self._mutex:
-            if self._conn is None or self._conn.closed or self._conn.broken:
+            conn = self._conn
+            if conn is None or conn.closed or conn.broken:
                 return  # the session is gone, and its locks with it
-            self._conn.execute(
-                "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_PG_NAMESPACE + thread_id,)
-            )
+            try:
+                conn.execute(
+                    "SELECT pg_advisory_unlock(hashtextextended(%s, 0))",
+                    (_PG_NAMESPACE + thread_id,),
+                )
+            except psycopg.OperationalError:
+                if not conn.broken:
+                    raise
+                # The connection died under us: the server released the lock already. Failing
+                # here would turn a finished run into an error.
+                logger.warning("lock connection lost while releasing %s", thread_id)
 
 
 class FileLocks:

@@ -161,3 +161,26 @@ def test_locks_for_picks_the_backend(tmp_path, pg_database_url):
     assert file_locks.directory == Path(tmp_path / "roadmaps.locks")
     pg_locks = locks_for(pg_database_url)
     assert isinstance(pg_locks, PostgresAdvisoryLocks)
+
+
+def test_a_lost_lock_session_neither_fails_the_release_nor_later_holds(pg_schema_url, caplog):
+    locks = PostgresAdvisoryLocks(pg_schema_url)
+    with locks.hold(KEY, wait=False) as held:
+        assert held
+        with psycopg.connect(psycopg_conninfo(pg_schema_url), autocommit=True) as admin:
+            row = admin.execute(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid::bigint = "
+                "hashtextextended(%s, 0) & 4294967295",
+                ("roadmap_pipeline:thread:" + KEY,),
+            ).fetchone()
+            assert row is not None
+            admin.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+            deadline = time.monotonic() + 10
+            while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", row).fetchone():
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+    assert "lock connection lost while releasing" in caplog.text
+    # the server released the lock with the session; the next hold reconnects
+    with locks.hold(KEY, wait=False) as again:
+        assert again
+    locks.close()
