@@ -18,7 +18,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from roadmap_pipeline.domain.content import SUMMARY_MAX
-from roadmap_pipeline.domain.keys import UnsafeIdError, check_roadmap_id, concept_key
+from roadmap_pipeline.domain.keys import (
+    UnsafeIdError,
+    check_concept_id,
+    check_roadmap_id,
+    short_concept_id,
+)
 from roadmap_pipeline.domain.statuses import ITEM_FIELDS, ItemStatus, ItemType
 
 
@@ -135,19 +140,24 @@ def validate_submission(document: Any) -> Framework:
     located = list(framework.located_concepts())
     if not located:
         problems.append(f"roadmap {framework.roadmap_id!r} has no concepts")
-    keys: Counter[str] = Counter()
+    shorts: Counter[str] = Counter()
     for item in located:
         try:
-            keys[concept_key(framework.roadmap_id, item.concept.concept_id)] += 1
+            shorts[check_concept_id(framework.roadmap_id, item.concept.concept_id)] += 1
         except UnsafeIdError as exc:
             problems.append(f"{item.place}: {exc}")
-    for key, count in keys.items():
+    for short, count in shorts.items():
         if count > 1:
-            problems.append(f"concept {key.split('/', 1)[1]!r} appears {count} times")
+            problems.append(f"concept {short!r} appears {count} times")
+    # A prerequisite may name a concept by its stored id or by its id within the roadmap.
     known = {item.concept.concept_id for item in located}
     known |= {f"{framework.roadmap_id}:{cid}" for cid in known}
+    known |= {short_concept_id(framework.roadmap_id, cid) for cid in known}
     for item in located:
-        problems.extend(f"{item.place}: {p}" for p in _concept_problems(item.concept, known))
+        problems.extend(
+            f"{item.place}: {p}"
+            for p in _concept_problems(framework.roadmap_id, item.concept, known)
+        )
     for kind, ids in (
         ("stage", [s.stage_id for s in framework.stages]),
         ("module", [m.module_id for s in framework.stages for m in s.modules]),
@@ -160,13 +170,14 @@ def validate_submission(document: Any) -> Framework:
     return framework
 
 
-def _concept_problems(concept: Concept, known_ids: set[str]) -> Iterator[str]:
+def _concept_problems(roadmap_id: str, concept: Concept, known_ids: set[str]) -> Iterator[str]:
     if not concept.name.strip():
         yield "name is empty"
+    own = short_concept_id(roadmap_id, concept.concept_id)
     for prerequisite in concept.prerequisites:
         if prerequisite not in known_ids:
             yield f"prerequisite {prerequisite!r} points to no concept of this roadmap"
-        elif prerequisite in (concept.concept_id, concept.concept_id.split(":")[-1]):
+        elif short_concept_id(roadmap_id, prerequisite) == own:
             yield "lists itself as a prerequisite"
     for item in ItemType:
         status = concept.item_status(item)

@@ -53,11 +53,20 @@ def short_concept_id(roadmap_id: str, concept_id: str) -> str:
     return concept_id[len(prefix) :] if concept_id.startswith(prefix) else concept_id
 
 
+def check_concept_id(roadmap_id: str, concept_id: str) -> str:
+    """The concept's id within its roadmap (the key's second half), or UnsafeIdError.
+
+    Only the concept's part is checked, so a bad roadmap id is reported once, not per concept.
+    """
+    short = short_concept_id(roadmap_id, concept_id)
+    _check(short, _CONCEPT_PART, f"concept id {concept_id!r} of roadmap {roadmap_id!r}")
+    return short
+
+
 def concept_key(roadmap_id: str, concept_id: str) -> str:
     """The partition key of a concept, or UnsafeIdError naming the offending id."""
     check_roadmap_id(roadmap_id)
-    short = short_concept_id(roadmap_id, concept_id)
-    _check(short, _CONCEPT_PART, f"concept id {concept_id!r} of roadmap {roadmap_id!r}")
+    short = check_concept_id(roadmap_id, concept_id)
     key = f"{roadmap_id}/{short}"
     if len(key) > MAX_KEY_LENGTH:
         raise UnsafeIdError(f"partition key {key!r} is longer than {MAX_KEY_LENGTH} characters")

@@ -675,8 +675,7 @@ SELECT i.roadmap_id, i.concept_id, i.item, 'orphan_content',
 FROM item_ids i
 WHERE NOT EXISTS (SELECT 1 FROM entries e
                   WHERE e.roadmap_id = i.roadmap_id AND e.concept_id = i.concept_id)
-  AND (NOT EXISTS (SELECT 1 FROM roadmap_metadata m WHERE m.roadmap_id = i.roadmap_id)
-       OR EXISTS (SELECT 1 FROM concept_nodes c WHERE c.roadmap_id = i.roadmap_id))
+  AND NOT EXISTS (SELECT 1 FROM framework_problems p WHERE p.roadmap_id = i.roadmap_id)
 GROUP BY i.roadmap_id, i.concept_id, i.item""",
     Rule.TASK_STATUS_MISMATCH: """
 SELECT x.roadmap_id, NULL, NULL, 'task_status_mismatch',
