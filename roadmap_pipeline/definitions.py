@@ -20,6 +20,8 @@ from roadmap_pipeline.orchestration.checks import (
     roadmap_checks,
 )
 from roadmap_pipeline.orchestration.jobs import (
+    check_concepts_job,
+    check_roadmap_job,
     fleet_check_job,
     generate_concepts_job,
     regenerate_item_jobs,
@@ -70,6 +72,8 @@ def build_definitions(
             roll_up_job,
             register_roadmap_job,
             fleet_check_job,
+            check_roadmap_job,
+            check_concepts_job,
             *regenerate_item_jobs,
         ],
         schedules=[fleet_check_schedule(fleet_check_cron, full_pass_every_hours)],

@@ -21,6 +21,7 @@ from roadmap_pipeline.orchestration.consistency import (
     ENTRY_RULES,
     check_metadata,
     log_evaluation,
+    roadmap_check_evaluations,
     roadmap_check_results,
 )
 from roadmap_pipeline.orchestration.keys import (
@@ -276,31 +277,23 @@ def roadmap_checks(
     by_roadmap: dict[str, list[Violation]] = {rid: [] for rid in roadmap_ids}
     for violation in found:
         by_roadmap.setdefault(violation.roadmap_id, []).append(violation)
-    ranged = len(roadmap_ids) > 1
-    overall: dict[str, list[Violation]] = defaultdict(list)
-    for roadmap_id, violations in by_roadmap.items():
-        for name, (passed, metadata) in roadmap_check_results(violations).items():
-            overall[name] += [v for v in violations if v.rule in CHECK_RULES[name]]
-            if ranged:
-                log_evaluation(
-                    context.op_execution_context,
-                    dg.AssetCheckEvaluation(
-                        asset_key=FRAMEWORK_DATA,
-                        check_name=name,
-                        passed=passed,
-                        partition=roadmap_id,
-                        metadata=metadata,
-                        severity=dg.AssetCheckSeverity.ERROR,
-                    ),
-                )
-    for name in (ROADMAP_CONSISTENT, TASK_AGREES):
+    if len(roadmap_ids) > 1:
+        for roadmap_id, violations in by_roadmap.items():
+            for evaluation in roadmap_check_evaluations(roadmap_id, violations):
+                log_evaluation(context.op_execution_context, evaluation)
+    for name, (passed, metadata) in roadmap_check_results(found).items():
         if dg.AssetCheckKey(FRAMEWORK_DATA, name) in context.selected_asset_check_keys:
+            failing = sorted({v.roadmap_id for v in found if v.rule in CHECK_RULES[name]})
             yield dg.AssetCheckResult(
                 asset_key=FRAMEWORK_DATA,
                 check_name=name,
-                passed=not overall[name],
+                passed=passed,
                 severity=dg.AssetCheckSeverity.ERROR,
-                metadata=check_metadata(overall[name], roadmaps_checked=len(roadmap_ids)),
+                metadata={
+                    **metadata,
+                    "roadmaps_checked": len(roadmap_ids),
+                    "failing_roadmaps": failing[:100],
+                },
             )
 
 

@@ -89,9 +89,9 @@ def evaluate_fleet(
         if force_full_pass or due or previous is None:
             violations = find_violations(conn, Scope.fleet(), activity)
             return FleetResult("full", violations, None, None, now.isoformat(), now.isoformat())
+        # checked_at is when the previous pass started reading: rows written while it read are
+        # newer than that, so nothing slips between two passes.
         since = _parse(previous.get("checked_at")) or now
-        # Rows written during the previous pass must not slip between two passes.
-        since -= timedelta(seconds=5)
         changed = roadmaps_changed_since(conn, since) | _roadmaps_with_events(instance, since)
         changed |= set(previous.get("violating_roadmap_ids") or [])
         violations = (

@@ -7,11 +7,15 @@ import dagster as dg
 from roadmap_pipeline.domain.statuses import ItemType
 from roadmap_pipeline.orchestration.keys import (
     CONTENT_ASSETS,
+    CONTENT_VALID,
+    ENTRY_AGREES,
     FLEET,
     FRAMEWORK_DATA,
     FRAMEWORK_ENTRY,
     ITEM_ASSETS,
+    ROADMAP_CONSISTENT,
     ROADMAP_FRAMEWORK,
+    TASK_AGREES,
 )
 from roadmap_pipeline.orchestration.partitions import CONCEPTS, ROADMAPS
 
@@ -60,4 +64,24 @@ fleet_check_job = dg.define_asset_job(
     "fleet_consistency_check",
     selection=dg.AssetSelection.checks(dg.AssetCheckKey(FRAMEWORK_DATA, FLEET)),
     description="Check-only: the fleet-wide consistency pass (full or incremental).",
+)
+
+check_roadmap_job = dg.define_asset_job(
+    "check_roadmap",
+    selection=dg.AssetSelection.checks(
+        dg.AssetCheckKey(FRAMEWORK_DATA, ROADMAP_CONSISTENT),
+        dg.AssetCheckKey(FRAMEWORK_DATA, TASK_AGREES),
+    ),
+    partitions_def=ROADMAPS,
+    description="Check-only: one roadmap's consistency and task status (launch for a partition).",
+)
+
+check_concepts_job = dg.define_asset_job(
+    "check_concepts",
+    selection=dg.AssetSelection.checks(
+        *(dg.AssetCheckKey(asset, CONTENT_VALID) for asset in CONTENT_ASSETS),
+        dg.AssetCheckKey(FRAMEWORK_ENTRY, ENTRY_AGREES),
+    ),
+    partitions_def=CONCEPTS,
+    description="Check-only: content validity and entry agreement for a concept or a key range.",
 )
