@@ -11,6 +11,7 @@ from roadmap_pipeline.orchestration.assets import (
     concept_content,
     framework_data,
     framework_entry,
+    roadmap_fleet,
     roadmap_framework,
 )
 from roadmap_pipeline.orchestration.checks import (
@@ -65,7 +66,7 @@ def build_definitions(
 ) -> dg.Definitions:
     """The whole code location; tests and deployments pass their own resources and cadence."""
     return dg.Definitions(
-        assets=[roadmap_framework, concept_content, framework_entry, framework_data],
+        assets=[roadmap_framework, concept_content, framework_entry, framework_data, roadmap_fleet],
         asset_checks=[content_valid, entry_agrees_with_rows, roadmap_checks, fleet_consistency],
         jobs=[
             generate_concepts_job,

@@ -36,6 +36,7 @@ from roadmap_pipeline.orchestration.keys import (
     ITEM_ASSETS,
     QUIZ,
     RESOURCES,
+    ROADMAP_FLEET,
     ROADMAP_FRAMEWORK,
     TUTORIAL,
 )
@@ -46,7 +47,7 @@ from roadmap_pipeline.orchestration.resources import (
     RoadmapDatabase,
 )
 from roadmap_pipeline.store.database import connect
-from roadmap_pipeline.store.invariants import Scope, find_violations
+from roadmap_pipeline.store.invariants import Scope, find_violations, item_states
 from roadmap_pipeline.store.readers import documents, resolve_concept_keys, task_preferences
 from roadmap_pipeline.store.sync import SyncReport, sync_concept, sync_roadmaps
 from roadmap_pipeline.store.writers import UnknownRoadmap
@@ -275,7 +276,8 @@ def framework_entry(
             )
             with connect(engine) as conn:
                 found = find_violations(conn, Scope.roadmap(roadmap_id), activity)
-            for evaluation in roadmap_check_evaluations(roadmap_id, found):
+                states = item_states(conn, Scope.roadmap(roadmap_id))
+            for evaluation in roadmap_check_evaluations(roadmap_id, found, states):
                 context.log_event(evaluation)
         else:
             for concept_id in concept_ids:
@@ -360,3 +362,13 @@ def framework_data(
 def concept_keys_of(document: Any) -> list[str]:
     framework = load_framework(document)
     return [concept_key(framework.roadmap_id, c.concept_id) for c in framework.concepts()]
+
+
+roadmap_fleet = dg.AssetSpec(
+    ROADMAP_FLEET,
+    group_name="roadmaps",
+    description=(
+        "Every roadmap in the database, as a whole: nothing materializes it; the scheduled "
+        "fleet_consistency check evaluates it (full pass, or incremental between full passes)."
+    ),
+)

@@ -20,6 +20,7 @@ from roadmap_pipeline.orchestration.consistency import (
     CHECK_RULES,
     ENTRY_RULES,
     check_metadata,
+    completeness_result,
     log_evaluation,
     roadmap_check_evaluations,
     roadmap_check_results,
@@ -32,7 +33,9 @@ from roadmap_pipeline.orchestration.keys import (
     FRAMEWORK_DATA,
     FRAMEWORK_ENTRY,
     ITEM_OF_ASSET,
+    ROADMAP_COMPLETE,
     ROADMAP_CONSISTENT,
+    ROADMAP_FLEET,
     TASK_AGREES,
 )
 from roadmap_pipeline.orchestration.partitions import CONCEPTS, ROADMAPS
@@ -40,11 +43,12 @@ from roadmap_pipeline.orchestration.resources import RoadmapDatabase
 from roadmap_pipeline.store.activity import WorkInProgress
 from roadmap_pipeline.store.database import connect
 from roadmap_pipeline.store.invariants import (
-    REPAIRABLE_RULES,
     Rule,
     Scope,
     Violation,
     find_violations,
+    is_repairable,
+    item_states,
 )
 from roadmap_pipeline.store.readers import resolve_concept_keys
 
@@ -81,6 +85,12 @@ TASK_DESCRIPTION = (
     "processing without a queued or running Dagster run (zombies; judged from Dagster's run "
     "status, never from ages). To fix: rematerialize framework_data for this roadmap; stuck "
     "work is relaunched by the recovery sensor."
+)
+COMPLETE_DESCRIPTION = (
+    "Every item of every concept is completed. WARN, not an inconsistency: a failed item with no "
+    "row is consistent, but it is work to retry. Metadata lists the concepts and items. To fix: "
+    "backfill the failed partitions of the content assets (Materialize > Backfill > failed and "
+    "missing), or let the retry sensor do it; the roll-up then turns this green."
 )
 FLEET_DESCRIPTION = (
     "Every rule over every roadmap in one set-based pass (or, between full passes, over the "
@@ -262,6 +272,12 @@ def entry_agrees_with_rows(
             partitions_def=ROADMAPS,
             description=TASK_DESCRIPTION,
         ),
+        dg.AssetCheckSpec(
+            ROADMAP_COMPLETE,
+            asset=FRAMEWORK_DATA,
+            partitions_def=ROADMAPS,
+            description=COMPLETE_DESCRIPTION,
+        ),
     ],
     can_subset=True,
     name="roadmap_checks",
@@ -272,16 +288,18 @@ def roadmap_checks(
 ) -> Iterator[dg.AssetCheckResult]:
     roadmap_ids = list(context.op_execution_context.partition_keys)
     activity = DagsterActivity(context.instance, exclude_run_id=context.op_execution_context.run_id)
+    scope = Scope.roadmaps(roadmap_ids)
     with connect(database.get_engine()) as conn:
-        found = find_violations(conn, Scope.roadmaps(roadmap_ids), activity)
-    by_roadmap: dict[str, list[Violation]] = {rid: [] for rid in roadmap_ids}
-    for violation in found:
-        by_roadmap.setdefault(violation.roadmap_id, []).append(violation)
+        found = find_violations(conn, scope, activity)
+        states = item_states(conn, scope)
     if len(roadmap_ids) > 1:
-        for roadmap_id, violations in by_roadmap.items():
-            for evaluation in roadmap_check_evaluations(roadmap_id, violations):
+        for roadmap_id in roadmap_ids:
+            mine = [v for v in found if v.roadmap_id == roadmap_id]
+            own_states = [s for s in states if s.roadmap_id == roadmap_id]
+            for evaluation in roadmap_check_evaluations(roadmap_id, mine, own_states):
                 log_evaluation(context.op_execution_context, evaluation)
-    for name, (passed, metadata) in roadmap_check_results(found).items():
+    results = roadmap_check_results(found)
+    for name, (passed, metadata) in results.items():
         if dg.AssetCheckKey(FRAMEWORK_DATA, name) in context.selected_asset_check_keys:
             failing = sorted({v.roadmap_id for v in found if v.rule in CHECK_RULES[name]})
             yield dg.AssetCheckResult(
@@ -295,6 +313,15 @@ def roadmap_checks(
                     "failing_roadmaps": failing[:100],
                 },
             )
+    if dg.AssetCheckKey(FRAMEWORK_DATA, ROADMAP_COMPLETE) in context.selected_asset_check_keys:
+        complete, metadata = completeness_result(states)
+        yield dg.AssetCheckResult(
+            asset_key=FRAMEWORK_DATA,
+            check_name=ROADMAP_COMPLETE,
+            passed=complete,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata=metadata,
+        )
 
 
 class FleetCheckConfig(dg.Config):
@@ -307,7 +334,7 @@ class FleetCheckConfig(dg.Config):
 
 
 @dg.asset_check(
-    asset=FRAMEWORK_DATA,
+    asset=ROADMAP_FLEET,
     name=FLEET,
     description=FLEET_DESCRIPTION,
     pool="database",
@@ -326,7 +353,7 @@ def fleet_consistency(
         exclude_run_id=context.op_execution_context.run_id,
     )
     violations = result.violations
-    repairable = sorted({v.roadmap_id for v in violations if v.rule in REPAIRABLE_RULES})
+    repairable = sorted({v.roadmap_id for v in violations if is_repairable(v)})
     roadmaps = Counter(v.roadmap_id for v in violations)
     return dg.AssetCheckResult(
         passed=not violations,
@@ -340,7 +367,7 @@ def fleet_consistency(
             violating_roadmaps=len(roadmaps),
             violating_roadmap_ids=sorted(roadmaps)[:200],
             repairable_roadmaps=repairable[:500],
-            needs_human=sum(1 for v in violations if v.rule not in REPAIRABLE_RULES),
+            needs_human=sum(1 for v in violations if not is_repairable(v)),
             duration_s=round(time.monotonic() - started, 3),
             since=result.since or "",
             checked_at=result.checked_at,

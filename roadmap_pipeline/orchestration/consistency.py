@@ -5,8 +5,19 @@ from typing import Any
 
 import dagster as dg
 
-from roadmap_pipeline.orchestration.keys import FRAMEWORK_DATA, ROADMAP_CONSISTENT, TASK_AGREES
-from roadmap_pipeline.store.invariants import REPAIRABLE_RULES, Rule, Violation, counts_by_rule
+from roadmap_pipeline.orchestration.keys import (
+    FRAMEWORK_DATA,
+    ROADMAP_COMPLETE,
+    ROADMAP_CONSISTENT,
+    TASK_AGREES,
+)
+from roadmap_pipeline.store.invariants import (
+    ItemState,
+    Rule,
+    Violation,
+    counts_by_rule,
+    is_repairable,
+)
 
 ENTRY_RULES = (Rule.ITEM_NOT_MARKED, Rule.REF_MISSING, Rule.REF_MISMATCH, Rule.MULTIPLE_CURRENT)
 ROADMAP_RULES = (
@@ -48,23 +59,50 @@ def roadmap_check_results(
     results: dict[str, tuple[bool, dict[str, Any]]] = {}
     for name, rules in CHECK_RULES.items():
         found = [v for v in violations if v.rule in rules]
-        repairable = any(v.rule in REPAIRABLE_RULES for v in found)
+        repairable = any(is_repairable(v) for v in found)
         results[name] = (
             not found,
             check_metadata(
                 found,
-                needs_human=sum(1 for v in found if v.rule not in REPAIRABLE_RULES),
+                needs_human=sum(1 for v in found if not is_repairable(v)),
                 repair="rematerialize framework_data for this roadmap" if repairable else "",
             ),
         )
     return results
 
 
+def completeness_result(states: Sequence[ItemState]) -> tuple[bool, dict[str, Any]]:
+    """Whether every item is completed; the unfinished ones to retry in the metadata."""
+    unfinished = [s for s in states if s.status != "completed"]
+    lines = ["| roadmap | concept | item | status |", "|---|---|---|---|"]
+    lines += [
+        f"| {s.roadmap_id} | {s.concept_id} | {s.item} | {s.status} |"
+        for s in unfinished[:DETAIL_ROWS]
+    ]
+    metadata: dict[str, Any] = {
+        "items": len(states),
+        "failed_items": sum(1 for s in unfinished if s.status == "failed"),
+        "unfinished_items": len(unfinished),
+        "concepts_to_retry": sorted({s.concept_id for s in unfinished if s.status == "failed"})[
+            :100
+        ],
+    }
+    if unfinished:
+        metadata["detail"] = dg.MetadataValue.md("\n".join(lines))
+        metadata["retry"] = (
+            "backfill the failed partitions of tutorial / resource_recommendations / quiz "
+            "(Materialize > Backfill > failed and missing); the retry sensor also does it"
+        )
+    return not unfinished, metadata
+
+
 def roadmap_check_evaluations(
-    roadmap_id: str, violations: Sequence[Violation]
+    roadmap_id: str, violations: Sequence[Violation], states: Sequence[ItemState]
 ) -> list[dg.AssetCheckEvaluation]:
     """The per-roadmap checks as events (logged by a run that rolled the roadmap up)."""
-    return [
+    results = roadmap_check_results(violations)
+    complete, metadata = completeness_result(states)
+    evaluations = [
         dg.AssetCheckEvaluation(
             asset_key=FRAMEWORK_DATA,
             check_name=name,
@@ -73,8 +111,19 @@ def roadmap_check_evaluations(
             metadata=metadata,
             severity=dg.AssetCheckSeverity.ERROR,
         )
-        for name, (passed, metadata) in roadmap_check_results(violations).items()
+        for name, (passed, metadata) in results.items()
     ]
+    evaluations.append(
+        dg.AssetCheckEvaluation(
+            asset_key=FRAMEWORK_DATA,
+            check_name=ROADMAP_COMPLETE,
+            passed=complete,
+            partition=roadmap_id,
+            metadata=metadata,
+            severity=dg.AssetCheckSeverity.WARN,
+        )
+    )
+    return evaluations
 
 
 def log_evaluation(context: dg.OpExecutionContext, evaluation: dg.AssetCheckEvaluation) -> None:

@@ -9,10 +9,11 @@ from roadmap_pipeline.orchestration.keys import (
     CONTENT_ASSETS,
     CONTENT_VALID,
     ENTRY_AGREES,
-    FLEET,
+    FLEET_CHECK_KEY,
     FRAMEWORK_DATA,
     FRAMEWORK_ENTRY,
     ITEM_ASSETS,
+    ROADMAP_COMPLETE,
     ROADMAP_CONSISTENT,
     ROADMAP_FRAMEWORK,
     TASK_AGREES,
@@ -62,7 +63,7 @@ regenerate_item_jobs = [_regenerate_job(item) for item in ItemType]
 
 fleet_check_job = dg.define_asset_job(
     "fleet_consistency_check",
-    selection=dg.AssetSelection.checks(dg.AssetCheckKey(FRAMEWORK_DATA, FLEET)),
+    selection=dg.AssetSelection.checks(FLEET_CHECK_KEY),
     description="Check-only: the fleet-wide consistency pass (full or incremental).",
 )
 
@@ -71,6 +72,7 @@ check_roadmap_job = dg.define_asset_job(
     selection=dg.AssetSelection.checks(
         dg.AssetCheckKey(FRAMEWORK_DATA, ROADMAP_CONSISTENT),
         dg.AssetCheckKey(FRAMEWORK_DATA, TASK_AGREES),
+        dg.AssetCheckKey(FRAMEWORK_DATA, ROADMAP_COMPLETE),
     ),
     partitions_def=ROADMAPS,
     description="Check-only: one roadmap's consistency and task status (launch for a partition).",

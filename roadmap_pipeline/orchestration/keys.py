@@ -10,6 +10,7 @@ RESOURCES = dg.AssetKey("resource_recommendations")
 QUIZ = dg.AssetKey("quiz")
 FRAMEWORK_ENTRY = dg.AssetKey("framework_entry")
 FRAMEWORK_DATA = dg.AssetKey("framework_data")
+ROADMAP_FLEET = dg.AssetKey("roadmap_fleet")
 
 ITEM_ASSETS: dict[ItemType, dg.AssetKey] = {
     ItemType.TUTORIAL: TUTORIAL,
@@ -23,8 +24,9 @@ CONTENT_VALID = "content_valid"
 ENTRY_AGREES = "entry_agrees_with_rows"
 ROADMAP_CONSISTENT = "roadmap_consistent"
 TASK_AGREES = "task_status_agrees"
+ROADMAP_COMPLETE = "roadmap_complete"
 FLEET = "fleet_consistency"
-FLEET_CHECK_KEY = dg.AssetCheckKey(FRAMEWORK_DATA, FLEET)
+FLEET_CHECK_KEY = dg.AssetCheckKey(ROADMAP_FLEET, FLEET)
 
 ROADMAP_TAG = "roadmap_pipeline/roadmap"
 TASK_TAG = "roadmap_pipeline/task"

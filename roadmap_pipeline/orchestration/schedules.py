@@ -19,7 +19,7 @@ def fleet_check_schedule(
         default_status=dg.DefaultScheduleStatus.RUNNING,
         run_config={
             "ops": {
-                "framework_data_fleet_consistency": {
+                "roadmap_fleet_fleet_consistency": {
                     "config": {"full_pass_every_hours": full_pass_every_hours}
                 }
             }

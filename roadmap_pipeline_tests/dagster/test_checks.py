@@ -17,6 +17,7 @@ from roadmap_pipeline.orchestration.keys import (
     CONTENT_VALID,
     ENTRY_AGREES,
     FLEET,
+    ROADMAP_COMPLETE,
     ROADMAP_CONSISTENT,
     TASK_AGREES,
 )
@@ -209,13 +210,13 @@ def test_orphan_rows_are_reported_and_never_deleted(pipeline: Pipeline) -> None:
 
 def test_fleet_check_names_violating_roadmaps_and_a_clean_fleet_passes(pipeline: Pipeline) -> None:
     pipeline = generated(pipeline)
-    config = {"ops": {"framework_data_fleet_consistency": {"config": {"force_full_pass": True}}}}
+    config = {"ops": {"roadmap_fleet_fleet_consistency": {"config": {"force_full_pass": True}}}}
     clean = evaluations(pipeline.run_job("fleet_consistency_check", run_config=config))
-    assert clean[("framework_data", FLEET)].passed
+    assert clean[("roadmap_fleet", FLEET)].passed
 
     edit_document(pipeline.engine, lambda d: concept_node(d).update(resources_count=99))
     found = evaluations(pipeline.run_job("fleet_consistency_check", run_config=config))
-    evaluation = found[("framework_data", FLEET)]
+    evaluation = found[("roadmap_fleet", FLEET)]
     assert not evaluation.passed
     metadata = meta(evaluation)
     assert metadata["pass_kind"] == "full"
@@ -228,11 +229,9 @@ def test_incremental_fleet_pass_reads_only_what_changed(pipeline: Pipeline) -> N
     pipeline = generated(pipeline)
     submit_roadmap(pipeline.engine, synthetic_framework("other", 2))
     full = evaluations(pipeline.run_job("fleet_consistency_check"))
-    assert meta(full[("framework_data", FLEET)])["pass_kind"] == "full"
+    assert meta(full[("roadmap_fleet", FLEET)])["pass_kind"] == "full"
     # Nothing changed since: the next pass is incremental and reads no roadmap.
-    again = meta(
-        evaluations(pipeline.run_job("fleet_consistency_check"))[("framework_data", FLEET)]
-    )
+    again = meta(evaluations(pipeline.run_job("fleet_consistency_check"))[("roadmap_fleet", FLEET)])
     assert again["pass_kind"] == "incremental"
     assert again["roadmaps_checked"] == 0
     # A task update is seen: only that roadmap is read.
@@ -243,7 +242,7 @@ def test_incremental_fleet_pass_reads_only_what_changed(pipeline: Pipeline) -> N
         t="2999-01-01 00:00:00",
     )
     changed = meta(
-        evaluations(pipeline.run_job("fleet_consistency_check"))[("framework_data", FLEET)]
+        evaluations(pipeline.run_job("fleet_consistency_check"))[("roadmap_fleet", FLEET)]
     )
     assert changed["pass_kind"] == "incremental"
     assert changed["roadmaps_checked"] == 1
@@ -261,13 +260,19 @@ def test_the_incident_fails_the_checks_and_the_roll_up_settles_it(pipeline: Pipe
     assert task["counts_by_rule"]["zombie_status"] == 10  # 9 items without rows + the task
     assert state.task_id in task["detail"]
     fleet = evaluations(pipeline.run_job("fleet_consistency_check"))
-    assert meta(fleet[("framework_data", FLEET)])["violating_roadmap_ids"] == [state.roadmap_id]
+    assert meta(fleet[("roadmap_fleet", FLEET)])["violating_roadmap_ids"] == [state.roadmap_id]
 
     assert pipeline.run_job("roll_up_roadmap", partition_key=state.roadmap_id).success
     after = evaluations(
         pipeline.run_job("check_roadmap", tags={"dagster/partition": state.roadmap_id})
     )
-    assert all(e.passed for e in after.values())
+    assert after[("framework_data", ROADMAP_CONSISTENT)].passed
+    assert after[("framework_data", TASK_AGREES)].passed
+    # The three concepts without rows are failed now: consistent, and work to retry (WARN).
+    complete = after[("framework_data", ROADMAP_COMPLETE)]
+    assert not complete.passed
+    assert complete.severity == dg.AssetCheckSeverity.WARN
+    assert meta(complete)["concepts_to_retry"] == sorted(state.missing_concepts)
     with transaction(pipeline.engine) as conn:
         task_row = conn.execute(
             select(RoadmapTask).where(RoadmapTask.task_id == state.task_id)
