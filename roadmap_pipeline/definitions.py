@@ -63,8 +63,13 @@ def build_definitions(
     resources: dict[str, dg.ConfigurableResource] | None = None,
     fleet_check_cron: str = DEFAULT_FLEET_CHECK_CRON,
     full_pass_every_hours: float = 24.0,
+    automatic_retries: bool = True,
 ) -> dg.Definitions:
-    """The whole code location; tests and deployments pass their own resources and cadence."""
+    """The whole code location; tests and deployments pass their own resources and cadence.
+
+    ``automatic_retries=False`` leaves failed partitions to a human (the UI's backfill of
+    failed partitions), e.g. for the browser test that drives exactly that.
+    """
     return dg.Definitions(
         assets=[roadmap_framework, concept_content, framework_entry, framework_data, roadmap_fleet],
         asset_checks=[content_valid, entry_agrees_with_rows, roadmap_checks, fleet_consistency],
