@@ -29,6 +29,12 @@ from roadmap_pipeline.orchestration.jobs import (
     register_roadmap_job,
     roll_up_job,
 )
+from roadmap_pipeline.orchestration.recovery import (
+    RecoverySettings,
+    RetrySettings,
+    failed_partition_retry_sensor,
+    stuck_task_recovery_sensor,
+)
 from roadmap_pipeline.orchestration.resources import (
     CheckpointerResource,
     ContentGeneratorResource,
@@ -64,6 +70,8 @@ def build_definitions(
     fleet_check_cron: str = DEFAULT_FLEET_CHECK_CRON,
     full_pass_every_hours: float = 24.0,
     automatic_retries: bool = True,
+    retry: RetrySettings | None = None,
+    recovery: RecoverySettings | None = None,
 ) -> dg.Definitions:
     """The whole code location; tests and deployments pass their own resources and cadence.
 
@@ -83,7 +91,13 @@ def build_definitions(
             *regenerate_item_jobs,
         ],
         schedules=[fleet_check_schedule(fleet_check_cron, full_pass_every_hours)],
-        sensors=[roadmap_intake, roadmap_settlement, consistency_repair],
+        sensors=[
+            roadmap_intake,
+            roadmap_settlement,
+            consistency_repair,
+            failed_partition_retry_sensor(retry or RetrySettings(), running=automatic_retries),
+            stuck_task_recovery_sensor(recovery or RecoverySettings()),
+        ],
         resources=resources or default_resources(),
         # Steps of a run execute in the run's own process: a roadmap's steps are sequential
         # anyway (content -> checks -> entry), and a process per step costs seconds of imports.

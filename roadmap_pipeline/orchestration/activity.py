@@ -11,14 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import dagster as dg
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    PARTITION_NAME_TAG,
-)
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG
 
 from roadmap_pipeline.domain.keys import split_concept_key
 from roadmap_pipeline.orchestration.partitions import CONCEPTS, ROADMAPS
+from roadmap_pipeline.orchestration.run_history import run_keys
 from roadmap_pipeline.store.activity import ActiveWork
 
 ACTIVE_STATUSES = [
@@ -49,16 +46,11 @@ class DagsterActivity:
         concepts: set[tuple[str, str]] = set()
         orderings: dict[str, list[str]] = {}
         for run in self.active_runs():
-            keys: list[str] = []
-            if PARTITION_NAME_TAG in run.tags:
-                keys = [run.tags[PARTITION_NAME_TAG]]
-            elif ASSET_PARTITION_RANGE_START_TAG in run.tags:
-                start = run.tags[ASSET_PARTITION_RANGE_START_TAG]
-                end = run.tags.get(ASSET_PARTITION_RANGE_END_TAG, start)
-                name = (CONCEPTS if "/" in start else ROADMAPS).name or ""
-                if name not in orderings:
-                    orderings[name] = list(self._instance.get_dynamic_partitions(name))
-                keys = _keys_in_range(orderings[name], start, end)
+            start = run.tags.get(ASSET_PARTITION_RANGE_START_TAG, "")
+            name = (CONCEPTS if "/" in start else ROADMAPS).name or ""
+            if start and name not in orderings:
+                orderings[name] = list(self._instance.get_dynamic_partitions(name))
+            keys = run_keys(run.tags, orderings.get(name, []))
             for key in keys:
                 if "/" in key:
                     roadmap_id, short = split_concept_key(key)
@@ -67,10 +59,3 @@ class DagsterActivity:
                 elif wanted is None or key in wanted:
                     roadmaps.add(key)
         return ActiveWork(frozenset(roadmaps), frozenset(concepts))
-
-
-def _keys_in_range(ordered: list[str], start: str, end: str) -> list[str]:
-    try:
-        return ordered[ordered.index(start) : ordered.index(end) + 1]
-    except ValueError:
-        return [start, end]

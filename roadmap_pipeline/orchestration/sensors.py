@@ -15,7 +15,7 @@ from dagster._core.storage.tags import (
 )
 
 from roadmap_pipeline.domain.framework import FrameworkError, load_framework
-from roadmap_pipeline.domain.keys import UnsafeIdError, split_concept_key
+from roadmap_pipeline.domain.keys import UnsafeIdError
 from roadmap_pipeline.orchestration.activity import DagsterActivity
 from roadmap_pipeline.orchestration.assets import framework_metadata
 from roadmap_pipeline.orchestration.jobs import generate_concepts_job, roll_up_job
@@ -37,12 +37,12 @@ from roadmap_pipeline.orchestration.partitions import (
     roadmap_keys,
 )
 from roadmap_pipeline.orchestration.resources import RoadmapDatabase
+from roadmap_pipeline.orchestration.run_history import finished_since
 from roadmap_pipeline.store.database import connect, transaction
 from roadmap_pipeline.store.intake import intake_candidates
 from roadmap_pipeline.store.writers import fail_task, start_task
 
 INTAKE_BATCH = 20
-EVENT_BATCH = 1000
 
 
 def range_tags(key_range: dg.PartitionKeyRange) -> dict[str, str]:
@@ -53,7 +53,7 @@ def range_tags(key_range: dg.PartitionKeyRange) -> dict[str, str]:
 
 
 def concept_run_requests(
-    keys: RoadmapKeys,
+    roadmap_id: str,
     ordered: list[str],
     wanted: Iterable[str],
     assets: Iterable[dg.AssetKey],
@@ -66,8 +66,9 @@ def concept_run_requests(
         requests.append(
             dg.RunRequest(
                 run_key=f"{run_key}:{i}",
+                job_name=generate_concepts_job.name,
                 asset_selection=list(assets),
-                tags={ROADMAP_TAG: keys.roadmap_id, **(tags or {}), **range_tags(key_range)},
+                tags={ROADMAP_TAG: roadmap_id, **(tags or {}), **range_tags(key_range)},
             )
         )
     return requests
@@ -129,7 +130,7 @@ def roadmap_intake(
             continue
         tags = {TASK_TAG: candidate.task_id} if candidate.task_id else {}
         run_requests += concept_run_requests(
-            keys,
+            keys.roadmap_id,
             concept_order,
             wanted,
             (*CONTENT_ASSETS, FRAMEWORK_ENTRY),
@@ -159,55 +160,28 @@ def _never_generated(framework: Any, keys: RoadmapKeys) -> list[str]:
 
 @dataclass
 class SettlementCursor:
-    after: int = 0  # event storage id already read
-    dirty: dict[str, int] = field(default_factory=dict)  # roadmap -> newest content event id
+    since: float = 0.0  # update timestamp of the last finished run read
+    pending: dict[str, list[Any]] = field(default_factory=dict)  # roadmap -> [run id, updated]
 
     @classmethod
     def parse(cls, raw: str | None) -> "SettlementCursor":
         if not raw:
             return cls()
         data = json.loads(raw)
-        return cls(int(data.get("after", 0)), {k: int(v) for k, v in data.get("dirty", {}).items()})
+        return cls(float(data.get("since", 0.0)), dict(data.get("pending", {})))
 
     def dump(self) -> str:
-        return json.dumps({"after": self.after, "dirty": self.dirty}, sort_keys=True)
+        return json.dumps({"since": self.since, "pending": self.pending}, sort_keys=True)
 
 
-def _roadmap_of(partition: str | None) -> str | None:
-    if not partition:
-        return None
-    if "/" not in partition:
-        return partition
-    try:
-        return split_concept_key(partition)[0]
-    except UnsafeIdError:
-        return None
-
-
-def _read_events(instance: dg.DagsterInstance, state: SettlementCursor) -> None:
-    """Mark roadmaps dirty for new content events, clean for newer framework_data events."""
-    newest = state.after
-    content: list[tuple[int, str]] = []
-    rolled_up: list[tuple[int, str]] = []
-    for asset_key in (*CONTENT_ASSETS, FRAMEWORK_DATA):
-        filter_ = dg.AssetRecordsFilter(asset_key=asset_key, after_storage_id=state.after)
-        fetchers = [instance.fetch_materializations]
-        if asset_key != FRAMEWORK_DATA:
-            fetchers.append(instance.fetch_failed_materializations)
-        for fetch in fetchers:
-            result = fetch(filter_, limit=EVENT_BATCH, ascending=True)
-            for record in result.records:
-                roadmap_id = _roadmap_of(record.partition_key)
-                newest = max(newest, record.storage_id)
-                if roadmap_id:
-                    target = rolled_up if asset_key == FRAMEWORK_DATA else content
-                    target.append((record.storage_id, roadmap_id))
-    for storage_id, roadmap_id in content:
-        state.dirty[roadmap_id] = max(state.dirty.get(roadmap_id, 0), storage_id)
-    for storage_id, roadmap_id in rolled_up:
-        if state.dirty.get(roadmap_id, 0) < storage_id:
-            state.dirty.pop(roadmap_id, None)
-    state.after = newest
+def rolled_up_since(
+    instance: dg.DagsterInstance, roadmap_id: str, run_id: str, updated: float
+) -> bool:
+    """Whether framework_data of the roadmap was materialized by that run or after it."""
+    latest = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=FRAMEWORK_DATA, asset_partitions=[roadmap_id]), limit=1
+    ).records
+    return bool(latest) and (latest[0].run_id == run_id or latest[0].timestamp >= updated)
 
 
 @dg.sensor(
@@ -215,40 +189,41 @@ def _read_events(instance: dg.DagsterInstance, state: SettlementCursor) -> None:
     minimum_interval_seconds=10,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Settles roadmaps whose concept work has finished: when a roadmap has new content "
-        "events (materialized or failed) and no queued or running run touches it, requests "
-        "framework_entry over its whole concept range, which syncs every entry and rolls the "
-        "roadmap up (framework_data, task status). Non-contiguous roadmaps get a framework_data "
-        "run instead."
+        "Settles roadmaps whose concept work has finished: after a run that touched a "
+        "roadmap's content finishes (succeeded, failed or canceled) and no queued or running "
+        "run touches the roadmap any more, requests framework_entry over its whole concept "
+        "range, which syncs every entry and rolls the roadmap up (framework_data, the task "
+        "status and the roadmap checks). Skipped when the run rolled the roadmap up itself; "
+        "a roadmap whose keys are not contiguous gets a framework_data run instead."
     ),
 )
 def roadmap_settlement(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
     state = SettlementCursor.parse(context.cursor)
     instance = context.instance
-    _read_events(instance, state)
-    candidates = set(state.dirty)
-    if not candidates:
-        return dg.SkipReason(
-            "no roadmap has unsettled content events",
-        )
-    activity = DagsterActivity(instance).active(candidates)
     order = list(instance.get_dynamic_partitions(CONCEPTS.name or ""))
-    by_roadmap: dict[str, list[str]] = {}
-    for key in order:
-        roadmap_id = _roadmap_of(key)
-        if roadmap_id in candidates:
-            by_roadmap.setdefault(roadmap_id, []).append(key)
+    for run in finished_since(instance, state.since, order):
+        state.since = max(state.since, run.updated)
+        if run.content_assets:
+            for roadmap_id in run.roadmap_ids:
+                state.pending[roadmap_id] = [run.run_id, run.updated]
+    if not state.pending:
+        return dg.SensorResult(cursor=state.dump())
+    activity = DagsterActivity(instance).active(set(state.pending))
     requests: list[dg.RunRequest] = []
-    for roadmap_id in sorted(candidates):
-        if activity.covers_roadmap(roadmap_id) or roadmap_id not in by_roadmap:
+    for roadmap_id, (run_id, updated) in sorted(state.pending.items()):
+        if activity.covers_roadmap(roadmap_id):
+            continue  # settle once nothing runs on it any more
+        del state.pending[roadmap_id]
+        if rolled_up_since(instance, roadmap_id, run_id, updated):
             continue
-        marker = state.dirty[roadmap_id]
-        keys = by_roadmap[roadmap_id]
+        keys = [k for k in order if k.startswith(f"{roadmap_id}/")]
         ranges = contiguous_ranges(order, keys)
+        if not ranges:
+            continue
         if len(ranges) == 1:
             requests.append(
                 dg.RunRequest(
-                    run_key=f"settle:{roadmap_id}:{marker}",
+                    run_key=f"settle:{roadmap_id}:{run_id}",
                     job_name=generate_concepts_job.name,
                     asset_selection=[FRAMEWORK_ENTRY],
                     tags={ROADMAP_TAG: roadmap_id, **range_tags(ranges[0])},
@@ -257,13 +232,12 @@ def roadmap_settlement(context: dg.SensorEvaluationContext) -> dg.SensorResult |
         else:
             requests.append(
                 dg.RunRequest(
-                    run_key=f"settle:{roadmap_id}:{marker}",
+                    run_key=f"settle:{roadmap_id}:{run_id}",
                     job_name=roll_up_job.name,
                     partition_key=roadmap_id,
                     tags={ROADMAP_TAG: roadmap_id},
                 )
             )
-        state.dirty.pop(roadmap_id, None)
     return dg.SensorResult(run_requests=requests, cursor=state.dump())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -53,3 +54,28 @@ def intake_candidates(
             by_id = {r.roadmap_id: r.framework_data for r in docs}
             found += [IntakeCandidate(rid, None, by_id[rid]) for rid in new]
     return found
+
+
+@dataclass(frozen=True)
+class ProcessingTask:
+    task_id: str
+    roadmap_id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+def processing_tasks(conn: Connection) -> list[ProcessingTask]:
+    """Tasks in ``processing`` (indexed on status): what stuck-task recovery looks at."""
+    rows = conn.execute(
+        select(
+            RoadmapTask.task_id,
+            RoadmapTask.roadmap_id,
+            RoadmapTask.created_at,
+            RoadmapTask.updated_at,
+        )
+        .where(
+            RoadmapTask.status == TaskStatus.PROCESSING.value, RoadmapTask.roadmap_id.is_not(None)
+        )
+        .order_by(RoadmapTask.updated_at)
+    ).all()
+    return [ProcessingTask(r.task_id, r.roadmap_id, r.created_at, r.updated_at) for r in rows]

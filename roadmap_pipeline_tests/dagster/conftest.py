@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from roadmap_pipeline.definitions import build_definitions
+from roadmap_pipeline.orchestration.recovery import RecoverySettings, RetrySettings
 from roadmap_pipeline.orchestration.resources import (
     CheckpointerResource,
     ContentGeneratorResource,
@@ -40,10 +41,12 @@ class Pipeline:
     engine: Engine
     instance: dg.DagsterInstance
     faults: str = ""
+    retry: RetrySettings = field(default_factory=lambda: RetrySettings(base_delay_s=0))
+    recovery: RecoverySettings = field(default_factory=lambda: RecoverySettings(delay_s=0))
     defs: dg.Definitions = field(init=False)
 
     def __post_init__(self) -> None:
-        self.defs = build_definitions(self.resources())
+        self.defs = build_definitions(self.resources(), retry=self.retry, recovery=self.recovery)
 
     def resources(self) -> dict[str, Any]:
         return {
@@ -52,8 +55,8 @@ class Pipeline:
             "checkpointer": CheckpointerResource(),
         }
 
-    def with_faults(self, faults: str) -> Pipeline:
-        return Pipeline(self.url, self.engine, self.instance, faults)
+    def with_faults(self, faults: str, **settings: Any) -> Pipeline:
+        return Pipeline(self.url, self.engine, self.instance, faults, **settings)
 
     def tick(self, sensor_name: str, cursor: str | None = None) -> dg.SensorResult | dg.SkipReason:
         sensor = self.defs.get_sensor_def(sensor_name)

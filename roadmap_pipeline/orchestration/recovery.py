@@ -1,0 +1,285 @@
+"""Retry and recovery sensors: the fourth retry layer (failed partitions) and stuck tasks.
+
+The four layers (README "Retries"):
+
+1. LangGraph node ``RetryPolicy`` for transient LLM errors (generation/workflow.py);
+2. a Dagster ``RetryPolicy`` on each step for transient database errors (assets.py);
+3. run retries for crashed runs (``run_retries`` in dagster.yaml; a SIGKILLed run worker is
+   reported failed by the code server and re-executed with the same root run, so every concept's
+   LangGraph thread resumes with the same generation ids);
+4. ``failed_partition_retry`` below: failed content partitions are rematerialized with a capped
+   number of attempts and a growing delay; past the cap they stay failed (the task says
+   ``partial_failure`` naming them).
+
+``stuck_task_recovery`` relaunches the missing and failed partitions of a task that is
+``processing`` while no queued or running run touches its roadmap (judged from Dagster's run
+status; the delay only debounces the moment between intake and the run's creation).
+"""
+
+import hashlib
+import json
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import dagster as dg
+
+from roadmap_pipeline.domain.keys import split_concept_key
+from roadmap_pipeline.orchestration.activity import DagsterActivity
+from roadmap_pipeline.orchestration.jobs import generate_concepts_job
+from roadmap_pipeline.orchestration.keys import (
+    ATTEMPT_TAG,
+    CONTENT_ASSETS,
+    FRAMEWORK_ENTRY,
+    ROADMAP_TAG,
+    TASK_TAG,
+)
+from roadmap_pipeline.orchestration.partitions import CONCEPTS, contiguous_ranges
+from roadmap_pipeline.orchestration.resources import RoadmapDatabase
+from roadmap_pipeline.orchestration.run_history import finished_since, roadmap_of_key
+from roadmap_pipeline.orchestration.sensors import concept_run_requests, range_tags
+from roadmap_pipeline.store.database import connect
+from roadmap_pipeline.store.intake import processing_tasks
+
+PURPOSE_TAG = "roadmap_pipeline/purpose"
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    max_retries: int = 3  # retries after the first failure; then the partition stays failed
+    base_delay_s: float = 30.0  # first retry after this; doubled for every further failure
+    max_delay_s: float = 900.0
+
+    def delay(self, failures: int) -> float:
+        return min(self.max_delay_s, self.base_delay_s * 2 ** max(0, failures - 1))
+
+
+@dataclass(frozen=True)
+class RecoverySettings:
+    """As the service had them: on/off, maximum task age, concurrent recoveries, a delay."""
+
+    enabled: bool = True
+    max_task_age_hours: float = 72.0  # older stuck tasks are left to a human (the checks say so)
+    max_concurrent_recoveries: int = 2
+    delay_s: float = 60.0
+
+
+@dataclass
+class RetryCursor:
+    since: float = 0.0  # update timestamp of the last finished run read
+    failures: dict[str, list[float]] = field(default_factory=dict)  # "asset|key" -> [n, last ts]
+
+    @classmethod
+    def parse(cls, raw: str | None) -> "RetryCursor":
+        if not raw:
+            return cls()
+        data = json.loads(raw)
+        return cls(float(data.get("since", 0.0)), dict(data.get("failures", {})))
+
+    def dump(self) -> str:
+        return json.dumps({"since": self.since, "failures": self.failures}, sort_keys=True)
+
+
+def _statuses(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, keys: Sequence[str]
+) -> dict[str, dg.AssetPartitionStatus | None]:
+    found = instance.get_status_by_partition(asset_key, list(keys), CONCEPTS)
+    return dict(found or {})
+
+
+def _read_failures(instance: dg.DagsterInstance, state: RetryCursor, order: list[str]) -> None:
+    """One more failure for every (asset, partition) a newly failed run left FAILED; drop the
+    ones that are materialized now."""
+    for run in finished_since(instance, state.since, order):
+        state.since = max(state.since, run.updated)
+        if run.status != dg.DagsterRunStatus.FAILURE or not run.concept_keys:
+            continue
+        for asset_key in run.content_assets:
+            for key, status in _statuses(instance, asset_key, run.concept_keys).items():
+                if status == dg.AssetPartitionStatus.FAILED:
+                    name = f"{asset_key.to_user_string()}|{key}"
+                    count = int(state.failures.get(name, [0, 0])[0]) + 1
+                    state.failures[name] = [count, run.updated]
+    by_asset: dict[str, list[str]] = defaultdict(list)
+    for name in state.failures:
+        asset, key = name.split("|", 1)
+        by_asset[asset].append(key)
+    for asset, keys in by_asset.items():
+        statuses = _statuses(instance, dg.AssetKey(asset), [k for k in keys if k in order])
+        for key in keys:
+            if key not in order or statuses.get(key) == dg.AssetPartitionStatus.MATERIALIZED:
+                state.failures.pop(f"{asset}|{key}", None)
+
+
+def failed_partition_retry_sensor(settings: RetrySettings, running: bool) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="failed_partition_retry",
+        job=generate_concepts_job,
+        minimum_interval_seconds=15,
+        default_status=dg.DefaultSensorStatus.RUNNING
+        if running
+        else dg.DefaultSensorStatus.STOPPED,
+        description=(
+            f"Retry layer 4: rematerializes failed content partitions (only the failed items) "
+            f"after {settings.base_delay_s:.0f}s, doubling the delay per failure, at most "
+            f"{settings.max_retries} times; the attempt number is the run tag "
+            f"{ATTEMPT_TAG}. Past the cap a concept stays failed and its task says "
+            "partial_failure naming it. Each retry resumes the concept's LangGraph checkpoint."
+        ),
+    )
+    def failed_partition_retry(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        state = RetryCursor.parse(context.cursor)
+        instance = context.instance
+        order = list(instance.get_dynamic_partitions(CONCEPTS.name or ""))
+        _read_failures(instance, state, order)
+        now = time.time()
+        due: dict[str, dict[str, int]] = defaultdict(dict)  # key -> asset -> failures
+        for name, (count, last) in state.failures.items():
+            failures = int(count)
+            if failures > settings.max_retries or now < last + settings.delay(failures):
+                continue
+            asset, key = name.split("|", 1)
+            due[key][asset] = failures
+        if not due:
+            return dg.SensorResult(cursor=state.dump())
+        work = DagsterActivity(instance).active({r for r in map(roadmap_of_key, due) if r})
+        groups: dict[tuple[str, tuple[str, ...]], list[str]] = defaultdict(list)
+        attempts: dict[tuple[str, tuple[str, ...]], int] = {}
+        for key, failed_assets in due.items():
+            roadmap_id = roadmap_of_key(key)
+            if roadmap_id is None or key not in order:
+                continue
+            _, short = split_concept_key(key)
+            if roadmap_id in work.roadmaps or (roadmap_id, short) in work.concepts:
+                continue  # a run already works on it: never a second one
+            group = (roadmap_id, tuple(sorted(failed_assets)))
+            groups[group].append(key)
+            attempts[group] = max(attempts.get(group, 0), max(failed_assets.values()) + 1)
+        requests: list[dg.RunRequest] = []
+        for (roadmap_id, assets), keys in sorted(groups.items()):
+            attempt = attempts[(roadmap_id, assets)]
+            marker = ",".join(f"{k}:{due[k][a]}" for k in sorted(keys) for a in assets)
+            requests += concept_run_requests(
+                roadmap_id,
+                order,
+                keys,
+                [*(dg.AssetKey(a) for a in assets), FRAMEWORK_ENTRY],
+                run_key=f"retry:{roadmap_id}:{hash_marker(marker)}",
+                tags={ATTEMPT_TAG: str(attempt), PURPOSE_TAG: "retry"},
+            )
+        return dg.SensorResult(run_requests=requests, cursor=state.dump())
+
+    return failed_partition_retry
+
+
+def hash_marker(marker: str) -> str:
+    """A short run-key part: one retry run per set of (partition, failure count)."""
+    return hashlib.sha256(marker.encode()).hexdigest()[:16]
+
+
+def stuck_task_recovery_sensor(settings: RecoverySettings) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="stuck_task_recovery",
+        job=generate_concepts_job,
+        minimum_interval_seconds=30,
+        default_status=(
+            dg.DefaultSensorStatus.RUNNING if settings.enabled else dg.DefaultSensorStatus.STOPPED
+        ),
+        description=(
+            "Recovers a task that is processing while no queued or running run touches its "
+            "roadmap (judged from Dagster's run status): relaunches its missing and failed "
+            f"content partitions, or settles it when nothing is missing. Tasks older than "
+            f"{settings.max_task_age_hours:g}h are left to a human; at most "
+            f"{settings.max_concurrent_recoveries} recoveries run at once; a task must have been "
+            f"still for {settings.delay_s:.0f}s (the moment between intake and its run)."
+        ),
+    )
+    def stuck_task_recovery(
+        context: dg.SensorEvaluationContext, database: RoadmapDatabase
+    ) -> dg.SensorResult | dg.SkipReason:
+        instance = context.instance
+        now = datetime.now(UTC).replace(tzinfo=None)
+        with connect(database.get_engine()) as conn:
+            tasks = processing_tasks(conn)
+        candidates = [
+            t
+            for t in tasks
+            if now - t.updated_at >= timedelta(seconds=settings.delay_s)
+            and now - t.created_at <= timedelta(hours=settings.max_task_age_hours)
+        ]
+        if not candidates:
+            return dg.SkipReason("no processing task is without a run")
+        running = instance.get_runs(
+            filters=dg.RunsFilter(
+                statuses=[
+                    dg.DagsterRunStatus.QUEUED,
+                    dg.DagsterRunStatus.NOT_STARTED,
+                    dg.DagsterRunStatus.STARTING,
+                    dg.DagsterRunStatus.STARTED,
+                ],
+                tags={PURPOSE_TAG: "recovery"},
+            )
+        )
+        budget = settings.max_concurrent_recoveries - len(running)
+        activity = DagsterActivity(instance).active({t.roadmap_id for t in candidates})
+        order = list(instance.get_dynamic_partitions(CONCEPTS.name or ""))
+        requests: list[dg.RunRequest] = []
+        for task in candidates:
+            if budget <= 0:
+                break
+            if activity.covers_roadmap(task.roadmap_id):
+                continue
+            keys = [k for k in order if k.startswith(f"{task.roadmap_id}/")]
+            if not keys:
+                continue  # never registered: the intake sensor owns it
+            new = recovery_requests(instance, task, keys, order)
+            if new:
+                requests += new
+                budget -= 1
+                context.log.info(f"recovering task {task.task_id} of {task.roadmap_id}")
+        return dg.SensorResult(run_requests=requests)
+
+    return stuck_task_recovery
+
+
+def recovery_requests(
+    instance: dg.DagsterInstance, task: Any, keys: list[str], order: list[str]
+) -> list[dg.RunRequest]:
+    """Runs for the partitions that are not materialized, or one settle run when all are."""
+    missing: dict[str, set[str]] = defaultdict(set)
+    for asset_key in CONTENT_ASSETS:
+        # A partition never materialized has no status at all (None for the whole asset).
+        statuses = _statuses(instance, asset_key, keys)
+        for key in keys:
+            if statuses.get(key) != dg.AssetPartitionStatus.MATERIALIZED:
+                missing[key].add(asset_key.to_user_string())
+    marker = f"recover:{task.task_id}:{task.updated_at.isoformat()}"
+    tags = {PURPOSE_TAG: "recovery", TASK_TAG: task.task_id}
+    if not missing:
+        ranges = contiguous_ranges(order, keys)
+        return [
+            dg.RunRequest(
+                run_key=f"{marker}:settle:{i}",
+                job_name=generate_concepts_job.name,
+                asset_selection=[FRAMEWORK_ENTRY],
+                tags={ROADMAP_TAG: task.roadmap_id, **tags, **range_tags(key_range)},
+            )
+            for i, key_range in enumerate(ranges)
+        ]
+    groups: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for key, names in missing.items():
+        groups[tuple(sorted(names))].append(key)
+    requests: list[dg.RunRequest] = []
+    for asset_names, group_keys in sorted(groups.items()):
+        requests += concept_run_requests(
+            task.roadmap_id,
+            order,
+            group_keys,
+            [*(dg.AssetKey(a) for a in asset_names), FRAMEWORK_ENTRY],
+            run_key=f"{marker}:{'+'.join(asset_names)}",
+            tags=tags,
+        )
+    return requests

@@ -1,0 +1,94 @@
+"""What finished runs touched: their roadmaps, concept keys and content assets.
+
+The settlement and retry sensors follow finished runs rather than failure events: Dagster's OSS
+event log does not index a failed partition as an event (its FAILED partition status is derived
+from the planned partitions of failed runs), so a run is the unit both sensors react to.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import dagster as dg
+from dagster._core.storage.dagster_run import RunRecord
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+)
+
+from roadmap_pipeline.domain.keys import UnsafeIdError, split_concept_key
+from roadmap_pipeline.orchestration.keys import CONTENT_ASSETS
+
+FINISHED = [
+    dg.DagsterRunStatus.SUCCESS,
+    dg.DagsterRunStatus.FAILURE,
+    dg.DagsterRunStatus.CANCELED,
+]
+BATCH = 200
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    run_id: str
+    status: dg.DagsterRunStatus
+    updated: float  # update timestamp (seconds)
+    concept_keys: tuple[str, ...]
+    roadmap_ids: frozenset[str]
+    content_assets: frozenset[dg.AssetKey]
+
+
+def roadmap_of_key(key: str) -> str | None:
+    """The roadmap of a partition key of either family (None for a malformed key)."""
+    if "/" not in key:
+        return key or None
+    try:
+        return split_concept_key(key)[0]
+    except UnsafeIdError:
+        return None
+
+
+def finished_since(
+    instance: dg.DagsterInstance, since: float, ordering: Sequence[str]
+) -> list[FinishedRun]:
+    """Runs finished (updated) after ``since``, oldest first, with what they touched."""
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(
+            statuses=FINISHED, updated_after=datetime.fromtimestamp(since, tz=UTC)
+        ),
+        order_by="update_timestamp",
+        ascending=True,
+        limit=BATCH,
+    )
+    return [_describe(record, ordering) for record in records]
+
+
+def _describe(record: RunRecord, ordering: Sequence[str]) -> FinishedRun:
+    run = record.dagster_run
+    keys = run_keys(run.tags, ordering)
+    selection = set(run.asset_selection or CONTENT_ASSETS)
+    roadmaps = frozenset(r for r in map(roadmap_of_key, keys) if r)
+    return FinishedRun(
+        run_id=run.run_id,
+        status=run.status,
+        updated=record.update_timestamp.timestamp(),
+        concept_keys=tuple(k for k in keys if "/" in k),
+        roadmap_ids=roadmaps,
+        content_assets=frozenset(selection & set(CONTENT_ASSETS)),
+    )
+
+
+def run_keys(tags: Mapping[str, str], ordering: Sequence[str]) -> list[str]:
+    """The partition keys a run targets, from its partition or range tags; a range is resolved
+    in ``ordering`` (the registered order of its partitions definition)."""
+    single = tags.get(PARTITION_NAME_TAG)
+    if single:
+        return [single]
+    start = tags.get(ASSET_PARTITION_RANGE_START_TAG)
+    end = tags.get(ASSET_PARTITION_RANGE_END_TAG)
+    if not start or not end:
+        return []
+    try:
+        return list(ordering[ordering.index(start) : ordering.index(end) + 1])
+    except ValueError:
+        return [start, end]

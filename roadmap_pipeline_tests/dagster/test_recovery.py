@@ -1,0 +1,163 @@
+"""Retry layer 4 and stuck-task recovery, in-process on a real instance (both databases)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from sqlalchemy import select, text
+
+from roadmap_pipeline.domain.statuses import TaskStatus
+from roadmap_pipeline.orchestration.keys import ATTEMPT_TAG, FRAMEWORK_ENTRY, QUIZ
+from roadmap_pipeline.orchestration.recovery import RetrySettings
+from roadmap_pipeline.samples import synthetic_framework
+from roadmap_pipeline.store.activity import NothingRunning
+from roadmap_pipeline.store.database import connect
+from roadmap_pipeline.store.invariants import Scope, find_violations
+from roadmap_pipeline.store.schema import RoadmapTask, TutorialMetadata
+from roadmap_pipeline.store.writers import submit_roadmap
+from roadmap_pipeline_tests.dagster.conftest import Pipeline
+
+ROADMAP = "retried"
+FAILING = [f"{ROADMAP}/c-1-1-2", f"{ROADMAP}/c-1-1-3"]
+
+
+def quiz_fails(times: int, counter_dir: Path) -> str:
+    faults = [
+        {"concept": key, "item": "quiz", "times": times, "kind": "permanent"} for key in FAILING
+    ]
+    return json.dumps({"fail": faults, "counter_dir": str(counter_dir)})
+
+
+def task(pipeline: Pipeline) -> Any:
+    with connect(pipeline.engine) as conn:
+        return conn.execute(select(RoadmapTask).where(RoadmapTask.roadmap_id == ROADMAP)).one()
+
+
+def first_run(pipeline: Pipeline) -> None:
+    submit_roadmap(pipeline.engine, synthetic_framework(ROADMAP, 5))
+    intake = pipeline.tick("roadmap_intake")
+    assert isinstance(intake, dg.SensorResult)
+    assert not pipeline.execute(intake.run_requests[0]).success
+
+
+def settle(pipeline: Pipeline, cursor: str | None) -> str | None:
+    result = pipeline.tick("roadmap_settlement", cursor)
+    if isinstance(result, dg.SensorResult):
+        for request in result.run_requests:
+            assert pipeline.execute(request).success
+        return result.cursor
+    return cursor
+
+
+def test_a_failed_partition_is_retried_alone_and_the_task_completes(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    pipeline = pipeline.with_faults(quiz_fails(1, tmp_path))
+    first_run(pipeline)
+    settle(pipeline, None)
+    assert task(pipeline).status == TaskStatus.PARTIAL_FAILURE
+    with connect(pipeline.engine) as conn:
+        tutorials_before = conn.execute(select(TutorialMetadata.tutorial_id)).scalars().all()
+
+    retry = pipeline.tick("failed_partition_retry")
+    assert isinstance(retry, dg.SensorResult)
+    [request] = retry.run_requests
+    assert request.partition_key_range == dg.PartitionKeyRange(*FAILING)
+    assert set(request.asset_selection) == {QUIZ, FRAMEWORK_ENTRY}  # only what failed
+    assert request.tags[ATTEMPT_TAG] == "2"
+    assert pipeline.execute(request).success
+    settle(pipeline, None)
+
+    assert task(pipeline).status == TaskStatus.COMPLETED
+    with connect(pipeline.engine) as conn:
+        assert (
+            conn.execute(select(TutorialMetadata.tutorial_id)).scalars().all() == tutorials_before
+        )
+        assert find_violations(conn, Scope.fleet(), NothingRunning()) == []
+    # Nothing failed any more: the next tick has nothing to do.
+    again = pipeline.tick("failed_partition_retry", retry.cursor)
+    assert isinstance(again, dg.SensorResult)
+    assert not again.run_requests
+
+
+def test_past_the_cap_a_concept_stays_failed_and_the_task_names_it(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    pipeline = pipeline.with_faults(
+        quiz_fails(1000, tmp_path), retry=RetrySettings(max_retries=2, base_delay_s=0)
+    )
+    first_run(pipeline)
+    cursor: str | None = None
+    attempts = []
+    for _ in range(4):
+        result = pipeline.tick("failed_partition_retry", cursor)
+        assert isinstance(result, dg.SensorResult)
+        cursor = result.cursor
+        for request in result.run_requests:
+            attempts.append(request.tags[ATTEMPT_TAG])
+            assert not pipeline.execute(request).success
+    assert attempts == ["2", "3"]  # the first run, then two retries: the cap
+    settle(pipeline, None)
+    settled = task(pipeline)
+    assert settled.status == TaskStatus.PARTIAL_FAILURE
+    assert {f["concept_id"] for f in settled.failed_concepts} == {
+        k.replace("/", ":", 1) for k in FAILING
+    }
+
+
+def test_a_processing_task_without_a_run_is_recovered(pipeline: Pipeline) -> None:
+    submit_roadmap(pipeline.engine, synthetic_framework(ROADMAP, 4))
+    intake = pipeline.tick("roadmap_intake")
+    assert isinstance(intake, dg.SensorResult)
+    # The run the intake asked for never happened (the daemon died with the request).
+    assert task(pipeline).status == TaskStatus.PROCESSING
+
+    recovery = pipeline.tick("stuck_task_recovery")
+    assert isinstance(recovery, dg.SensorResult)
+    [request] = recovery.run_requests
+    assert request.tags["roadmap_pipeline/purpose"] == "recovery"
+    assert pipeline.execute(request).success
+    assert task(pipeline).status == TaskStatus.COMPLETED
+    # Settled: nothing left to recover.
+    assert isinstance(pipeline.tick("stuck_task_recovery"), dg.SkipReason)
+
+
+def test_recovery_never_launches_a_second_run_for_a_roadmap_that_has_one(
+    pipeline: Pipeline,
+) -> None:
+    submit_roadmap(pipeline.engine, synthetic_framework(ROADMAP, 4))
+    intake = pipeline.tick("roadmap_intake")
+    assert isinstance(intake, dg.SensorResult)
+    job = pipeline.defs.resolve_job_def("generate_concepts")
+    pipeline.instance.create_run_for_job(
+        job,
+        tags=dict(intake.run_requests[0].tags),
+        status=dg.DagsterRunStatus.STARTED,
+        asset_selection=frozenset(intake.run_requests[0].asset_selection or []),
+    )
+    result = pipeline.tick("stuck_task_recovery")
+    assert isinstance(result, dg.SensorResult)
+    assert result.run_requests == []
+
+
+def test_recovery_of_a_roadmap_whose_rows_all_exist_only_settles_it(pipeline: Pipeline) -> None:
+    submit_roadmap(pipeline.engine, synthetic_framework(ROADMAP, 3))
+    intake = pipeline.tick("roadmap_intake")
+    assert isinstance(intake, dg.SensorResult)
+    # The content step finished; the process died before framework_entry ran.
+    content_only = intake.run_requests[0].with_replaced_attrs(
+        asset_selection=[
+            a for a in intake.run_requests[0].asset_selection or [] if a != FRAMEWORK_ENTRY
+        ]
+    )
+    assert pipeline.execute(content_only).success
+    with connect(pipeline.engine) as conn:
+        conn.execute(text("SELECT 1"))
+    assert task(pipeline).status == TaskStatus.PROCESSING
+    [request] = pipeline.tick("stuck_task_recovery").run_requests  # type: ignore[union-attr]
+    assert list(request.asset_selection or []) == [FRAMEWORK_ENTRY]
+    assert pipeline.execute(request).success
+    assert task(pipeline).status == TaskStatus.COMPLETED
