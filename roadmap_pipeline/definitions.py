@@ -45,9 +45,9 @@ from roadmap_pipeline.orchestration.schedules import (
     fleet_check_schedule,
 )
 from roadmap_pipeline.orchestration.sensors import (
-    consistency_repair,
-    roadmap_intake,
-    roadmap_settlement,
+    intake_sensor,
+    repair_sensor,
+    settlement_sensor,
 )
 
 
@@ -72,6 +72,7 @@ def build_definitions(
     automatic_retries: bool = True,
     retry: RetrySettings | None = None,
     recovery: RecoverySettings | None = None,
+    sensor_interval_s: int = 10,
 ) -> dg.Definitions:
     """The whole code location; tests and deployments pass their own resources and cadence.
 
@@ -92,9 +93,9 @@ def build_definitions(
         ],
         schedules=[fleet_check_schedule(fleet_check_cron, full_pass_every_hours)],
         sensors=[
-            roadmap_intake,
-            roadmap_settlement,
-            consistency_repair,
+            intake_sensor(sensor_interval_s),
+            settlement_sensor(sensor_interval_s),
+            repair_sensor(),
             failed_partition_retry_sensor(retry or RetrySettings(), running=automatic_retries),
             stuck_task_recovery_sensor(recovery or RecoverySettings()),
         ],

@@ -182,7 +182,13 @@ class ConceptWorkflow:
         locks: ConceptLocks,
         faults: FaultPlan | None = None,
         node_retry: NodeRetrySettings | None = None,
+        keep_finished: bool = False,
     ) -> None:
+        """``keep_finished``: leave a finished thread in place until the caller has recorded its
+        outcome and calls :meth:`prune`. A process that dies in between leaves the thread
+        finished; the next run of the concept then reclaims those outcomes instead of
+        generating the items again (the orchestrator had not recorded them)."""
+        self.keep_finished = keep_finished
         self.engine = engine
         self.faults = faults if faults is not None and faults.enabled else None
         if self.faults is not None and not isinstance(generator, FaultInjectingGenerator):
@@ -326,16 +332,33 @@ class ConceptWorkflow:
                     replace(outcome, generated=False, attempts=0) if done_before else outcome
                 )
         elif snapshot.values:
-            # A finished run whose pruning was interrupted: starting on top of it would merge
-            # its outcomes into the new run's.
+            # A finished run that was never pruned: its caller died before recording it. Its
+            # completed items are reclaimed (their rows exist; nothing is generated again); the
+            # thread is cleared so the new run does not merge into it.
+            finished = (snapshot.values or {}).get("outcomes") or {}
+            for name, value in finished.items():
+                item = ItemType(name)
+                outcome = ItemOutcome.from_state(item, value)
+                if item in requested and outcome.status == "completed":
+                    outcomes[item] = replace(outcome, generated=False, attempts=0)
+            resumed = bool(outcomes)
             self.checkpointer.delete_thread(thread_id)
         remaining = [i for i in requested if i not in outcomes]
         if remaining:
+            if self.keep_finished and self.graph.get_state(config).values:
+                self.checkpointer.delete_thread(thread_id)  # a fresh run, not a merge
             start = self._initial_state(
                 roadmap_id, concept_id, thread_id, remaining, request_id, preferences
             )
             outcomes |= self._invoke(start, config, context)
         return outcomes, resumed
+
+    def prune(self, thread_id: str) -> None:
+        """Forget a finished thread once its outcome is recorded (``keep_finished`` mode)."""
+        with self.locks.hold(thread_id, True):
+            snapshot = self.graph.get_state({"configurable": {"thread_id": thread_id}})
+            if not snapshot.next:
+                self.checkpointer.delete_thread(thread_id)
 
     def _load_framework(self, roadmap_id: str, concept_id: str) -> Framework:
         """The roadmap's tree; UnknownRoadmap/UnknownConcept before any thread is started."""
@@ -368,8 +391,9 @@ class ConceptWorkflow:
         self, start: ConceptState | None, config: RunnableConfig, context: RunContext
     ) -> dict[ItemType, ItemOutcome]:
         final = self.graph.invoke(start, config, context=context, durability="sync")
-        # Reached END: the rows are the record now, the checkpoints only cost space.
-        self.checkpointer.delete_thread(config["configurable"]["thread_id"])
+        if not self.keep_finished:
+            # Reached END: the rows are the record now, the checkpoints only cost space.
+            self.checkpointer.delete_thread(config["configurable"]["thread_id"])
         return {
             ItemType(name): ItemOutcome.from_state(ItemType(name), value)
             for name, value in (final.get("outcomes") or {}).items()

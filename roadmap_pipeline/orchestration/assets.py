@@ -156,6 +156,9 @@ def concept_content(
             saver,
             locks_for(database.url),
             faults=plan,
+            # Threads stay until this step has recorded their outcome: a run that dies before
+            # that leaves them finished, and its retry reclaims instead of regenerating.
+            keep_finished=True,
         )
         targets = list(resolved.concepts.values())
         outcomes = run_concepts(
@@ -163,39 +166,50 @@ def concept_content(
             targets,
             items,
             request_id=context.run.root_run_id or context.run_id,
-            concurrency=generator.max_concurrency,
+            concurrency=max(1, generator.max_concurrency),
             preferences=preferences,
         )
-    successes, failures = _content_events(outcomes, items)
-    failures.update(
-        {(item, key): reason for key, reason in resolved.problems.items() for item in items}
-    )
-    batch = {
-        "concepts": len(keys),
-        "items": [i.value for i in items],
-        "failed_items": len(failures),
-        "generator": content_generator.name,
-        "duration_s": round(time.monotonic() - started, 3),
-        "generated_calls": sum(1 for o in outcomes for i in o.items.values() if i.generated),
-        **database.pool_metadata(),
-    }
-    if failures:
-        for asset_key, key, metadata in successes:
-            context.log_event(
-                dg.AssetMaterialization(asset_key=asset_key, partition=key, metadata=metadata)
-            )
-        raise dg.Failure(
-            description=_failure_summary(failures),
-            metadata={
-                **batch,
-                "failed": [f"{k} {i.value}: {r}" for (i, k), r in sorted(failures.items())][:50],
-            },
-            allow_retries=False,
+        successes, failures = _content_events(outcomes, items)
+        failures.update(
+            {(item, key): reason for key, reason in resolved.problems.items() for item in items}
         )
-    for asset_key, key, metadata in successes:
-        context.add_asset_metadata(metadata, asset_key=asset_key, partition_key=key)
-    for item in items:
-        yield dg.MaterializeResult(asset_key=ITEM_ASSETS[item], metadata=batch)
+        batch = {
+            "concepts": len(keys),
+            "items": [i.value for i in items],
+            "failed_items": len(failures),
+            "generator": content_generator.name,
+            "duration_s": round(time.monotonic() - started, 3),
+            "generated_calls": sum(1 for o in outcomes for i in o.items.values() if i.generated),
+            **database.pool_metadata(),
+        }
+        if failures:
+            for asset_key, key, metadata in successes:
+                context.log_event(
+                    dg.AssetMaterialization(asset_key=asset_key, partition=key, metadata=metadata)
+                )
+            _prune(workflow, outcomes)
+            raise dg.Failure(
+                description=_failure_summary(failures),
+                metadata={
+                    **batch,
+                    "failed": [f"{k} {i.value}: {r}" for (i, k), r in sorted(failures.items())][
+                        :50
+                    ],
+                },
+                allow_retries=False,
+            )
+        for asset_key, key, metadata in successes:
+            context.add_asset_metadata(metadata, asset_key=asset_key, partition_key=key)
+        for item in items:
+            yield dg.MaterializeResult(asset_key=ITEM_ASSETS[item], metadata=batch)
+        _prune(workflow, outcomes)
+
+
+def _prune(workflow: ConceptWorkflow, outcomes: Sequence[ConceptOutcome]) -> None:
+    """The outcomes are recorded in Dagster now: forget the finished threads."""
+    for outcome in outcomes:
+        if not outcome.skipped_locked:
+            workflow.prune(outcome.thread_id)
 
 
 def _content_events(

@@ -49,6 +49,7 @@ PURPOSE_TAG = "roadmap_pipeline/purpose"
 
 @dataclass(frozen=True)
 class RetrySettings:
+    interval_s: int = 15  # how often the sensor looks
     max_retries: int = 3  # retries after the first failure; then the partition stays failed
     base_delay_s: float = 30.0  # first retry after this; doubled for every further failure
     max_delay_s: float = 900.0
@@ -62,6 +63,7 @@ class RecoverySettings:
     """As the service had them: on/off, maximum task age, concurrent recoveries, a delay."""
 
     enabled: bool = True
+    interval_s: int = 30  # how often the sensor looks
     max_task_age_hours: float = 72.0  # older stuck tasks are left to a human (the checks say so)
     max_concurrent_recoveries: int = 2
     delay_s: float = 60.0
@@ -118,7 +120,7 @@ def failed_partition_retry_sensor(settings: RetrySettings, running: bool) -> dg.
     @dg.sensor(
         name="failed_partition_retry",
         job=generate_concepts_job,
-        minimum_interval_seconds=15,
+        minimum_interval_seconds=settings.interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING
         if running
         else dg.DefaultSensorStatus.STOPPED,
@@ -184,7 +186,7 @@ def stuck_task_recovery_sensor(settings: RecoverySettings) -> dg.SensorDefinitio
     @dg.sensor(
         name="stuck_task_recovery",
         job=generate_concepts_job,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=settings.interval_s,
         default_status=(
             dg.DefaultSensorStatus.RUNNING if settings.enabled else dg.DefaultSensorStatus.STOPPED
         ),

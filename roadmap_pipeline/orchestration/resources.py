@@ -98,8 +98,9 @@ class ContentGeneratorResource(dg.ConfigurableResource):
     model: str = Field(default="", description="Model name sent with every request.")
     api_key: str = Field(default="", description="From ROADMAP_LLM_API_KEY; never logged.")
     timeout_s: float = Field(default=60.0, gt=0)
+    # No pydantic bounds on fields that may come from EnvVar: they are checked where used.
     max_concurrency: int = Field(
-        default=8, ge=1, description="Concepts generated at once in a step, and LLM requests."
+        default=8, description="Concepts generated at once in a step, and LLM requests (>= 1)."
     )
     max_retries: int = Field(default=3, ge=0, description="HTTP-level retries per request.")
     faults: str = Field(default="", description="A FaultPlan as JSON (fault injection; off).")

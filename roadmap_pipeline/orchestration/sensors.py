@@ -74,78 +74,81 @@ def concept_run_requests(
     return requests
 
 
-@dg.sensor(
-    job=generate_concepts_job,
-    minimum_interval_seconds=10,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description=(
-        "Picks up new work: a pending creation task, or a roadmap row never seen before. "
-        "Validates the framework, registers the roadmap and its concepts as partitions (one "
-        "call per roadmap), records roadmap_framework, moves the task to processing and "
-        "requests one run per roadmap (content + framework_entry over its concept range). A "
-        "framework whose ids cannot be partition keys fails its task with the reason."
-    ),
-)
-def roadmap_intake(
-    context: dg.SensorEvaluationContext, database: RoadmapDatabase
-) -> dg.SensorResult | dg.SkipReason:
-    rejected: set[str] = set(json.loads(context.cursor or "[]"))
-    instance = context.instance
-    registered = set(instance.get_dynamic_partitions("roadmaps"))
-    engine = database.get_engine()
-    with connect(engine) as conn:
-        candidates = intake_candidates(conn, registered | rejected, INTAKE_BATCH)
-    if not candidates:
-        return dg.SkipReason("no pending creation task and no unregistered roadmap")
-    concept_order = list(instance.get_dynamic_partitions(CONCEPTS.name or ""))
-    partition_requests: list[dg.AddDynamicPartitionsRequest] = []
-    run_requests: list[dg.RunRequest] = []
-    events: list[dg.AssetMaterialization] = []
-    for candidate in candidates:
-        try:
-            framework = load_framework(candidate.document)
-            keys = roadmap_keys(framework)
-        except (FrameworkError, UnsafeIdError) as exc:
-            message = f"roadmap {candidate.roadmap_id!r} cannot be processed: {exc}"
-            context.log.error(message)
-            rejected.add(candidate.roadmap_id)
+def intake_sensor(interval_s: int = 10) -> dg.SensorDefinition:
+    @dg.sensor(
+        job=generate_concepts_job,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Picks up new work: a pending creation task, or a roadmap row never seen before. "
+            "Validates the framework, registers the roadmap and its concepts as partitions (one "
+            "call per roadmap), records roadmap_framework, moves the task to processing and "
+            "requests one run per roadmap (content + framework_entry over its concept range). A "
+            "framework whose ids cannot be partition keys fails its task with the reason."
+        ),
+    )
+    def roadmap_intake(
+        context: dg.SensorEvaluationContext, database: RoadmapDatabase
+    ) -> dg.SensorResult | dg.SkipReason:
+        rejected: set[str] = set(json.loads(context.cursor or "[]"))
+        instance = context.instance
+        registered = set(instance.get_dynamic_partitions("roadmaps"))
+        engine = database.get_engine()
+        with connect(engine) as conn:
+            candidates = intake_candidates(conn, registered | rejected, INTAKE_BATCH)
+        if not candidates:
+            return dg.SkipReason("no pending creation task and no unregistered roadmap")
+        concept_order = list(instance.get_dynamic_partitions(CONCEPTS.name or ""))
+        partition_requests: list[dg.AddDynamicPartitionsRequest] = []
+        run_requests: list[dg.RunRequest] = []
+        events: list[dg.AssetMaterialization] = []
+        for candidate in candidates:
+            try:
+                framework = load_framework(candidate.document)
+                keys = roadmap_keys(framework)
+            except (FrameworkError, UnsafeIdError) as exc:
+                message = f"roadmap {candidate.roadmap_id!r} cannot be processed: {exc}"
+                context.log.error(message)
+                rejected.add(candidate.roadmap_id)
+                if candidate.task_id:
+                    with transaction(engine) as conn:
+                        fail_task(conn, candidate.task_id, message)
+                continue
+            adds = registration_requests(instance, keys)
+            partition_requests += adds
+            for add in adds:
+                if add.partitions_def_name == CONCEPTS.name:
+                    concept_order += list(add.partition_keys)
+            events.append(
+                dg.AssetMaterialization(
+                    asset_key=ROADMAP_FRAMEWORK,
+                    partition=keys.roadmap_id,
+                    metadata=framework_metadata(candidate.document, keys.concept_keys),
+                )
+            )
+            wanted = keys.concept_keys if candidate.task_id else _never_generated(framework, keys)
+            if not wanted:
+                continue
+            tags = {TASK_TAG: candidate.task_id} if candidate.task_id else {}
+            run_requests += concept_run_requests(
+                keys.roadmap_id,
+                concept_order,
+                wanted,
+                (*CONTENT_ASSETS, FRAMEWORK_ENTRY),
+                run_key=f"intake:{keys.roadmap_id}:{candidate.task_id or 'untracked'}",
+                tags=tags,
+            )
             if candidate.task_id:
                 with transaction(engine) as conn:
-                    fail_task(conn, candidate.task_id, message)
-            continue
-        adds = registration_requests(instance, keys)
-        partition_requests += adds
-        for add in adds:
-            if add.partitions_def_name == CONCEPTS.name:
-                concept_order += list(add.partition_keys)
-        events.append(
-            dg.AssetMaterialization(
-                asset_key=ROADMAP_FRAMEWORK,
-                partition=keys.roadmap_id,
-                metadata=framework_metadata(candidate.document, keys.concept_keys),
-            )
+                    start_task(conn, candidate.task_id)
+        return dg.SensorResult(
+            run_requests=run_requests,
+            dynamic_partitions_requests=partition_requests,
+            asset_events=events,
+            cursor=json.dumps(sorted(rejected)[-1000:]),
         )
-        wanted = keys.concept_keys if candidate.task_id else _never_generated(framework, keys)
-        if not wanted:
-            continue
-        tags = {TASK_TAG: candidate.task_id} if candidate.task_id else {}
-        run_requests += concept_run_requests(
-            keys.roadmap_id,
-            concept_order,
-            wanted,
-            (*CONTENT_ASSETS, FRAMEWORK_ENTRY),
-            run_key=f"intake:{keys.roadmap_id}:{candidate.task_id or 'untracked'}",
-            tags=tags,
-        )
-        if candidate.task_id:
-            with transaction(engine) as conn:
-                start_task(conn, candidate.task_id)
-    return dg.SensorResult(
-        run_requests=run_requests,
-        dynamic_partitions_requests=partition_requests,
-        asset_events=events,
-        cursor=json.dumps(sorted(rejected)[-1000:]),
-    )
+
+    return roadmap_intake
 
 
 def _never_generated(framework: Any, keys: RoadmapKeys) -> list[str]:
@@ -184,96 +187,104 @@ def rolled_up_since(
     return bool(latest) and (latest[0].run_id == run_id or latest[0].timestamp >= updated)
 
 
-@dg.sensor(
-    jobs=[generate_concepts_job, roll_up_job],
-    minimum_interval_seconds=10,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description=(
-        "Settles roadmaps whose concept work has finished: after a run that touched a "
-        "roadmap's content finishes (succeeded, failed or canceled) and no queued or running "
-        "run touches the roadmap any more, requests framework_entry over its whole concept "
-        "range, which syncs every entry and rolls the roadmap up (framework_data, the task "
-        "status and the roadmap checks). Skipped when the run rolled the roadmap up itself; "
-        "a roadmap whose keys are not contiguous gets a framework_data run instead."
-    ),
-)
-def roadmap_settlement(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-    state = SettlementCursor.parse(context.cursor)
-    instance = context.instance
-    order = list(instance.get_dynamic_partitions(CONCEPTS.name or ""))
-    for run in finished_since(instance, state.since, order):
-        state.since = max(state.since, run.updated)
-        if run.content_assets:
-            for roadmap_id in run.roadmap_ids:
-                state.pending[roadmap_id] = [run.run_id, run.updated]
-    if not state.pending:
-        return dg.SensorResult(cursor=state.dump())
-    activity = DagsterActivity(instance).active(set(state.pending))
-    requests: list[dg.RunRequest] = []
-    for roadmap_id, (run_id, updated) in sorted(state.pending.items()):
-        if activity.covers_roadmap(roadmap_id):
-            continue  # settle once nothing runs on it any more
-        del state.pending[roadmap_id]
-        if rolled_up_since(instance, roadmap_id, run_id, updated):
-            continue
-        keys = [k for k in order if k.startswith(f"{roadmap_id}/")]
-        ranges = contiguous_ranges(order, keys)
-        if not ranges:
-            continue
-        if len(ranges) == 1:
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"settle:{roadmap_id}:{run_id}",
-                    job_name=generate_concepts_job.name,
-                    asset_selection=[FRAMEWORK_ENTRY],
-                    tags={ROADMAP_TAG: roadmap_id, **range_tags(ranges[0])},
+def settlement_sensor(interval_s: int = 10) -> dg.SensorDefinition:
+    @dg.sensor(
+        jobs=[generate_concepts_job, roll_up_job],
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Settles roadmaps whose concept work has finished: after a run that touched a "
+            "roadmap's content finishes (succeeded, failed or canceled) and no queued or running "
+            "run touches the roadmap any more, requests framework_entry over its whole concept "
+            "range, which syncs every entry and rolls the roadmap up (framework_data, the task "
+            "status and the roadmap checks). Skipped when the run rolled the roadmap up itself; "
+            "a roadmap whose keys are not contiguous gets a framework_data run instead."
+        ),
+    )
+    def roadmap_settlement(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        state = SettlementCursor.parse(context.cursor)
+        instance = context.instance
+        order = list(instance.get_dynamic_partitions(CONCEPTS.name or ""))
+        for run in finished_since(instance, state.since, order):
+            state.since = max(state.since, run.updated)
+            if run.content_assets:
+                for roadmap_id in run.roadmap_ids:
+                    state.pending[roadmap_id] = [run.run_id, run.updated]
+        if not state.pending:
+            return dg.SensorResult(cursor=state.dump())
+        activity = DagsterActivity(instance).active(set(state.pending))
+        requests: list[dg.RunRequest] = []
+        for roadmap_id, (run_id, updated) in sorted(state.pending.items()):
+            if activity.covers_roadmap(roadmap_id):
+                continue  # settle once nothing runs on it any more
+            del state.pending[roadmap_id]
+            if rolled_up_since(instance, roadmap_id, run_id, updated):
+                continue
+            keys = [k for k in order if k.startswith(f"{roadmap_id}/")]
+            ranges = contiguous_ranges(order, keys)
+            if not ranges:
+                continue
+            if len(ranges) == 1:
+                requests.append(
+                    dg.RunRequest(
+                        run_key=f"settle:{roadmap_id}:{run_id}",
+                        job_name=generate_concepts_job.name,
+                        asset_selection=[FRAMEWORK_ENTRY],
+                        tags={ROADMAP_TAG: roadmap_id, **range_tags(ranges[0])},
+                    )
                 )
-            )
-        else:
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"settle:{roadmap_id}:{run_id}",
-                    job_name=roll_up_job.name,
-                    partition_key=roadmap_id,
-                    tags={ROADMAP_TAG: roadmap_id},
+            else:
+                requests.append(
+                    dg.RunRequest(
+                        run_key=f"settle:{roadmap_id}:{run_id}",
+                        job_name=roll_up_job.name,
+                        partition_key=roadmap_id,
+                        tags={ROADMAP_TAG: roadmap_id},
+                    )
                 )
-            )
-    return dg.SensorResult(run_requests=requests, cursor=state.dump())
+        return dg.SensorResult(run_requests=requests, cursor=state.dump())
+
+    return roadmap_settlement
 
 
-@dg.sensor(
-    job=roll_up_job,
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    description=(
-        "Opt-in repair automation (off by default): after each fleet_consistency evaluation, "
-        "rematerializes framework_data for every roadmap it lists as repairable (and that no "
-        "queued or running run touches). Rules that need a human are never touched."
-    ),
-)
-def consistency_repair(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-    instance = context.instance
-    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-        [FLEET_CHECK_KEY]
-    ).get(FLEET_CHECK_KEY)
-    entry = latest.event if latest else None
-    evaluation = entry.dagster_event.event_specific_data if entry and entry.dagster_event else None
-    metadata = getattr(evaluation, "metadata", None) or {}
-    if latest is None or not metadata:
-        return dg.SkipReason("no fleet_consistency evaluation yet")
-    marker = str(latest.id)
-    if context.cursor == marker:
-        return dg.SkipReason("the latest fleet_consistency evaluation was handled")
-    repairable = [str(r) for r in getattr(metadata.get("repairable_roadmaps"), "value", [])]
-    registered = set(instance.get_dynamic_partitions(ROADMAPS.name or ""))
-    active = DagsterActivity(instance).active(repairable)
-    requests = [
-        dg.RunRequest(
-            run_key=f"repair:{roadmap_id}:{marker}",
-            partition_key=roadmap_id,
-            tags={ROADMAP_TAG: roadmap_id, "roadmap_pipeline/purpose": "repair"},
+def repair_sensor(interval_s: int = 60) -> dg.SensorDefinition:
+    @dg.sensor(
+        job=roll_up_job,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=(
+            "Opt-in repair automation (off by default): after each fleet_consistency evaluation, "
+            "rematerializes framework_data for every roadmap it lists as repairable (and that no "
+            "queued or running run touches). Rules that need a human are never touched."
+        ),
+    )
+    def consistency_repair(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        instance = context.instance
+        latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [FLEET_CHECK_KEY]
+        ).get(FLEET_CHECK_KEY)
+        entry = latest.event if latest else None
+        evaluation = (
+            entry.dagster_event.event_specific_data if entry and entry.dagster_event else None
         )
-        for roadmap_id in repairable
-        if roadmap_id in registered and not active.covers_roadmap(roadmap_id)
-    ]
-    return dg.SensorResult(run_requests=requests, cursor=marker)
+        metadata = getattr(evaluation, "metadata", None) or {}
+        if latest is None or not metadata:
+            return dg.SkipReason("no fleet_consistency evaluation yet")
+        marker = str(latest.id)
+        if context.cursor == marker:
+            return dg.SkipReason("the latest fleet_consistency evaluation was handled")
+        repairable = [str(r) for r in getattr(metadata.get("repairable_roadmaps"), "value", [])]
+        registered = set(instance.get_dynamic_partitions(ROADMAPS.name or ""))
+        active = DagsterActivity(instance).active(repairable)
+        requests = [
+            dg.RunRequest(
+                run_key=f"repair:{roadmap_id}:{marker}",
+                partition_key=roadmap_id,
+                tags={ROADMAP_TAG: roadmap_id, "roadmap_pipeline/purpose": "repair"},
+            )
+            for roadmap_id in repairable
+            if roadmap_id in registered and not active.covers_roadmap(roadmap_id)
+        ]
+        return dg.SensorResult(run_requests=requests, cursor=marker)
+
+    return consistency_repair

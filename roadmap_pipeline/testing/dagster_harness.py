@@ -30,7 +30,9 @@ from roadmap_pipeline import environment as env
 T = TypeVar("T")
 
 
-def instance_config(postgres_url: str, max_concurrent_runs: int) -> dict[str, Any]:
+def instance_config(
+    postgres_url: str, max_concurrent_runs: int, run_retries: int = 2
+) -> dict[str, Any]:
     """Like the production dagster.yaml, with short polling intervals for tests."""
     return {
         "storage": {"postgres": {"postgres_url": postgres_url}},
@@ -52,7 +54,11 @@ def instance_config(postgres_url: str, max_concurrent_runs: int) -> dict[str, An
             },
             "pools": {"default_limit": 4},
         },
-        "run_retries": {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False},
+        "run_retries": {
+            "enabled": run_retries > 0,
+            "max_retries": run_retries,
+            "retry_on_asset_or_op_failure": False,
+        },
         "run_monitoring": {
             "enabled": True,
             "start_timeout_seconds": 120,
@@ -126,6 +132,7 @@ def dagster_deployment(
     webserver: bool = False,
     daemon: bool = True,
     max_concurrent_runs: int = 4,
+    run_retries: int = 2,
 ) -> Iterator[Deployment]:
     """Start a daemon (and optionally a webserver on 127.0.0.1) against fresh Postgres storage."""
     storage_base = _pg_database(admin_url, storage_database)
@@ -140,7 +147,7 @@ def dagster_deployment(
     )
     home = Path(tempfile.mkdtemp(prefix="dagster-home-"))
     (home / "dagster.yaml").write_text(
-        yaml.safe_dump(instance_config(postgres_url, max_concurrent_runs))
+        yaml.safe_dump(instance_config(postgres_url, max_concurrent_runs, run_retries))
     )
     (home / "workspace.yaml").write_text(
         yaml.safe_dump(

@@ -3,4 +3,4 @@ retries, so that failed partitions wait for the backfill the test launches from 
 
 from roadmap_pipeline.definitions import build_definitions
 
-defs = build_definitions(automatic_retries=False)
+defs = build_definitions(automatic_retries=False, sensor_interval_s=3)

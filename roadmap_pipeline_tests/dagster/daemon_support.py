@@ -1,0 +1,100 @@
+"""Shared pieces of the daemon tests: a Postgres schema for our tables, row snapshots, waits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dagster as dg
+import psycopg
+from sqlalchemy import Engine, select, text
+from sqlalchemy.engine import make_url
+
+from roadmap_pipeline.store.database import connect, create_store_engine
+from roadmap_pipeline.store.migrate import init_db
+from roadmap_pipeline.store.schema import RoadmapTask
+
+TERMINAL = ("completed", "partial_failure", "failed")
+
+
+@contextmanager
+def data_schema(pg_database_url: str) -> Iterator[str]:
+    """A fresh schema for our tables (created by init-db), dropped afterwards."""
+    schema = f"d_{uuid.uuid4().hex[:12]}"
+    plain = (
+        make_url(pg_database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    url = make_url(pg_database_url).update_query_dict({"options": f"-csearch_path={schema}"})
+    rendered = url.render_as_string(hide_password=False)
+    engine = create_store_engine(rendered)
+    init_db(engine)
+    engine.dispose()
+    try:
+        yield rendered
+    finally:
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def task_of(engine: Engine, roadmap_id: str) -> Any:
+    with connect(engine) as conn:
+        return conn.execute(
+            select(RoadmapTask)
+            .where(RoadmapTask.roadmap_id == roadmap_id)
+            .order_by(RoadmapTask.created_at.desc())
+        ).first()
+
+
+def content_rows(engine: Engine, roadmap_id: str) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
+    """Every content row of a roadmap, by (table, concept): ids, versions and a content hash."""
+    queries = {
+        "tutorial": "SELECT concept_id, tutorial_id, content_version, is_latest, summary, "
+        "content_url FROM tutorial_metadata WHERE roadmap_id = :r",
+        "resources": "SELECT concept_id, id, resources_count, CAST(resources AS TEXT) "
+        "FROM resource_recommendation_metadata WHERE roadmap_id = :r",
+        "quiz": "SELECT concept_id, quiz_id, total_questions, CAST(questions AS TEXT) "
+        "FROM quiz_metadata WHERE roadmap_id = :r",
+    }
+    rows: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+    with connect(engine) as conn:
+        for table, sql in queries.items():
+            for row in conn.execute(text(sql), {"r": roadmap_id}):
+                values = tuple(
+                    hashlib.sha256(v.encode()).hexdigest()[:16]
+                    if isinstance(v, str) and len(v) > 200
+                    else v
+                    for v in row[1:]
+                )
+                rows.setdefault((table, row[0]), []).append(values)
+    return rows
+
+
+def run_worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The pid of a run's worker process, from the events it emitted."""
+    records = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_START)
+    for record in records:
+        if record.dagster_event is not None and record.dagster_event.pid:
+            return int(record.dagster_event.pid)
+    return None
+
+
+def graphql(url: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    """A GraphQL request as the UI sends it (stdlib HTTP, loopback only)."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        url,
+        data=json.dumps({"query": query, "variables": variables}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        payload: dict[str, Any] = json.loads(response.read())
+    if payload.get("errors"):
+        raise AssertionError(f"GraphQL errors: {payload['errors']}")
+    return payload["data"]

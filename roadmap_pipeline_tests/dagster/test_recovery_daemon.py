@@ -1,0 +1,238 @@
+"""Recovery through the daemon (Postgres storage, Postgres data): the incident replayed, and
+permanent failures past the retry cap fixed by a backfill launched as the UI launches it.
+
+Run retries are off in this deployment, so what recovers the work is our own machinery: the
+settlement sensor, the failed-partition retries and stuck-task recovery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+from sqlalchemy import text
+
+from roadmap_pipeline.definitions import build_definitions
+from roadmap_pipeline.orchestration.keys import ATTEMPT_TAG, QUIZ
+from roadmap_pipeline.orchestration.partitions import CONCEPTS, registered_concept_keys
+from roadmap_pipeline.orchestration.resources import (
+    CheckpointerResource,
+    ContentGeneratorResource,
+    RoadmapDatabase,
+)
+from roadmap_pipeline.samples import INCIDENT_ROADMAP, load_sample, synthetic_framework
+from roadmap_pipeline.store.activity import NothingRunning
+from roadmap_pipeline.store.database import connect, create_store_engine
+from roadmap_pipeline.store.invariants import Rule, Scope, find_violations
+from roadmap_pipeline.store.writers import submit_roadmap
+from roadmap_pipeline.testing.counting import read_calls
+from roadmap_pipeline.testing.dagster_harness import Deployment, dagster_deployment, wait_for
+from roadmap_pipeline_tests.conftest import PG_ADMIN_URL
+from roadmap_pipeline_tests.dagster.daemon_support import (
+    TERMINAL,
+    content_rows,
+    data_schema,
+    graphql,
+    task_of,
+)
+
+pytestmark = [pytest.mark.daemon, pytest.mark.postgres]
+
+PERMANENT = "permanent-r"
+PERMANENT_KEYS = [f"{PERMANENT}/c-1-1-3", f"{PERMANENT}/c-1-2-2", f"{PERMANENT}/c-2-1-1"]
+KILLED_CONCEPT = f"{INCIDENT_ROADMAP}/c-3-2-3"  # the 28th of 30, generated one at a time
+
+
+@pytest.fixture(scope="module")
+def counters(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fault-counters")
+
+
+@pytest.fixture(scope="module")
+def data_url(pg_database_url: str) -> Iterator[str]:
+    with data_schema(pg_database_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def deployment(data_url: str, counters: Path) -> Iterator[Deployment]:
+    faults = {
+        "kill": [
+            {
+                "concept": KILLED_CONCEPT,
+                "item": "tutorial",
+                "point": "before_write",
+                "occurrence": 1,
+            }
+        ],
+        # First run and both retries fail (the cap); the fourth attempt works: "cause removed".
+        "fail": [
+            {"concept": key, "item": "quiz", "times": 3, "kind": "permanent"}
+            for key in PERMANENT_KEYS
+        ],
+        "counter_dir": str(counters),
+    }
+    with dagster_deployment(
+        database_url=data_url,
+        admin_url=PG_ADMIN_URL,
+        module="roadmap_pipeline.testing.fault_defs",
+        webserver=True,
+        run_retries=0,
+        extra_env={
+            "ROADMAP_FAULTS": json.dumps(faults),
+            "ROADMAP_TEST_CALL_LOG": str(counters / "calls.jsonl"),
+            "ROADMAP_TEST_DELAY_MS": "0",
+            "ROADMAP_TEST_CONCURRENCY": "1",
+        },
+    ) as deployment:
+        yield deployment
+
+
+def kill_happened(counters: Path) -> bool:
+    """The kill point counts its arrival in a file just before the SIGKILL (faults.py)."""
+    name = f"kill0|before_write|{KILLED_CONCEPT}|tutorial"
+    return (counters / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".count")).exists()
+
+
+def check_roadmap_now(deployment: Deployment, data_url: str, roadmap_id: str) -> dict[str, Any]:
+    """Run the per-roadmap checks against the deployment's instance (recorded there)."""
+    defs = build_definitions(
+        {
+            "database": RoadmapDatabase(url=data_url),
+            "generator": ContentGeneratorResource(),
+            "checkpointer": CheckpointerResource(),
+        }
+    )
+    result = defs.resolve_job_def("check_roadmap").execute_in_process(
+        instance=deployment.instance, tags={"dagster/partition": roadmap_id}, raise_on_error=False
+    )
+    found = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            data = event.event_specific_data
+            found[data.check_name] = {k: getattr(v, "value", v) for k, v in data.metadata.items()}
+            found[data.check_name]["passed"] = data.passed
+    return found
+
+
+def test_the_incident_replayed_recovers_without_a_human(
+    deployment: Deployment, data_url: str, counters: Path
+) -> None:
+    engine = create_store_engine(data_url)
+    submit_roadmap(engine, load_sample(INCIDENT_ROADMAP))
+    wait_for(lambda: kill_happened(counters), 300, 0.2, "the run to be killed at concept 28")
+    # The incident's state: rows committed for 27 concepts, framework_data untouched, task
+    # processing, and no run alive. The checks flag exactly that.
+    before = content_rows(engine, INCIDENT_ROADMAP)
+    assert len(before) == 81
+    with connect(engine) as conn:
+        found = find_violations(conn, Scope.roadmap(INCIDENT_ROADMAP), NothingRunning())
+    assert sum(1 for v in found if v.rule is Rule.ITEM_NOT_MARKED) == 81
+    checks = check_roadmap_now(deployment, data_url, INCIDENT_ROADMAP)
+    assert checks["roadmap_consistent"]["passed"] is False
+    assert checks["roadmap_consistent"]["counts_by_rule"] == {"item_not_marked": 81}
+    assert checks["task_status_agrees"]["passed"] is False
+
+    task = wait_for(
+        lambda: (
+            (t := task_of(engine, INCIDENT_ROADMAP)) is not None and t.status == "completed" and t
+        ),
+        300,
+        2,
+        "the incident roadmap to complete",
+    )
+    assert task.failed_concepts == []
+    after = content_rows(engine, INCIDENT_ROADMAP)
+    assert len(after) == 90
+    doubled = {k: v for k, v in after.items() if len(v) != 1}
+    assert doubled == {}  # no duplicates, one version each
+    assert {key: after[key] for key in before} == before  # the 81 rows are the same rows
+    with connect(engine) as conn:
+        assert find_violations(conn, Scope.roadmap(INCIDENT_ROADMAP), NothingRunning()) == []
+    calls = [
+        c for c in read_calls(counters / "calls.jsonl") if c["concept"].startswith(INCIDENT_ROADMAP)
+    ]
+    redone = len(calls) - 90
+    assert redone == 1  # only the tutorial that was being written when the process died
+    engine.dispose()
+
+
+def failed_quiz_keys(instance: dg.DagsterInstance) -> list[str]:
+    keys = registered_concept_keys(instance, PERMANENT)
+    statuses = instance.get_status_by_partition(QUIZ, keys, CONCEPTS) or {}
+    return sorted(k for k, s in statuses.items() if s == dg.AssetPartitionStatus.FAILED)
+
+
+LAUNCH_BACKFILL = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def test_permanent_failures_end_partial_failure_then_a_ui_backfill_completes_the_roadmap(
+    deployment: Deployment, data_url: str
+) -> None:
+    engine = create_store_engine(data_url)
+    instance = deployment.instance
+    submit_roadmap(engine, synthetic_framework(PERMANENT, 12))
+
+    def capped() -> bool:
+        runs = instance.get_runs(
+            filters=dg.RunsFilter(tags={"roadmap_pipeline/roadmap": PERMANENT})
+        )
+        attempts = {r.tags.get(ATTEMPT_TAG) for r in runs}
+        finished = all(r.is_finished for r in runs)
+        task = task_of(engine, PERMANENT)
+        return "3" in attempts and finished and task is not None and task.status in TERMINAL
+
+    wait_for(capped, 300, 2, "the retries to reach their cap")
+    time.sleep(20)  # two retry ticks: past the cap nothing is launched any more
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={"roadmap_pipeline/roadmap": PERMANENT}))
+    assert max(int(r.tags.get(ATTEMPT_TAG, "1")) for r in runs) == 3
+    task = task_of(engine, PERMANENT)
+    assert task.status == "partial_failure"
+    assert {f["concept_id"] for f in task.failed_concepts} == {
+        k.replace("/", ":", 1) for k in PERMANENT_KEYS
+    }
+    assert failed_quiz_keys(instance) == sorted(PERMANENT_KEYS)
+
+    # The cause is gone (the fault fired its three times). Backfill the failed partitions the
+    # way the UI's "failed and missing" backfill does: launchPartitionBackfill over GraphQL.
+    data = graphql(
+        deployment.graphql_url,
+        LAUNCH_BACKFILL,
+        {
+            "params": {
+                "assetSelection": [{"path": ["quiz"]}],
+                "partitionNames": failed_quiz_keys(instance),
+            }
+        },
+    )
+    assert data["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess"
+    wait_for(
+        lambda: (t := task_of(engine, PERMANENT)) is not None and t.status == "completed",
+        300,
+        2,
+        "the backfill to complete the roadmap",
+    )
+    assert failed_quiz_keys(instance) == []
+    with connect(engine) as conn:
+        assert find_violations(conn, Scope.roadmap(PERMANENT), NothingRunning()) == []
+        assert (
+            conn.execute(
+                text("SELECT COUNT(*) FROM quiz_metadata WHERE roadmap_id = :r"), {"r": PERMANENT}
+            ).scalar_one()
+            == 12
+        )
+    engine.dispose()
