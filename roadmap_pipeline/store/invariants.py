@@ -131,11 +131,14 @@ class Scope:
 # --- scope predicates (bound parameters; CAST lets PostgreSQL type a NULL parameter) ----------
 IN_SCOPE = "(:fleet OR {col} IN :roadmap_ids)"
 CONCEPT_IN_SCOPE = "(CAST(:concept_id AS TEXT) IS NULL OR {col} = CAST(:concept_id AS TEXT))"
-# NOT EXISTS (not NOT IN): an index probe for one roadmap, one hashed anti-join for the fleet.
-NOT_DELETED = (
-    "NOT EXISTS (SELECT 1 FROM roadmap_metadata deleted WHERE deleted.roadmap_id = {col} "
-    "AND deleted.deleted_at IS NOT NULL)"
-)
+# Soft-deleted roadmaps in scope, listed once per statement (a handful of rows): every content
+# table tests its rows against this list (a hashed lookup), never joins roadmap_metadata again.
+DELETED_ROADMAPS = f"""
+deleted_roadmaps AS MATERIALIZED (
+    SELECT roadmap_id FROM roadmap_metadata
+    WHERE deleted_at IS NOT NULL AND {IN_SCOPE.format(col="roadmap_id")}
+)"""
+NOT_DELETED = "{col} NOT IN (SELECT roadmap_id FROM deleted_roadmaps)"
 
 
 def _content_scope(alias: str) -> str:
@@ -155,27 +158,38 @@ def _content_scope(alias: str) -> str:
 # every content document is parsed once (an ``OFFSET 0`` subquery keeps a json -> jsonb cast from
 # being repeated per reference) and reduced to its problems in the same pass, so only problem rows
 # are kept. JIT is switched off for the statement (see find_violations).
-_PG_CONCEPT_FIELD = "CASE WHEN c.value IS NOT NULL THEN c.value ->> '{key}' END"
+_PG_CONCEPT_FIELD = "c.value ->> '{key}'"
+# A content document as jsonb, decompressed once: ``#> '{}'`` returns the (detoasted) document
+# itself, and the OFFSET 0 subquery keeps it from being recomputed per reference. Otherwise every
+# function applied to a compressed jsonb value decompresses it again.
+_PG_DOCUMENT = "SELECT CAST({column} AS jsonb) #> '{{}}' AS doc OFFSET 0"
+# The first problem of a document, by position, without an ordered aggregate (which would sort
+# once per row): the position, zero-padded, sorts the problems as text and is cut off again.
+_PG_FIRST_PROBLEM = (
+    "SUBSTR(MIN(LPAD(CAST(p.ord AS TEXT), 10, '0') || p.problem) "
+    "FILTER (WHERE p.problem IS NOT NULL), 11)"
+)
+# The valid answers of a question with n options, for n < 33: [[], [0], [0, 1], ...]. A
+# containment test against it replaces a per-question subquery; longer lists take the subquery.
+_PG_OPTION_INDEXES = (
+    "'[" + ",".join("[" + ",".join(str(i) for i in range(n)) + "]" for n in range(33)) + "]'::jsonb"
+)
 
+# Each level is expanded in an OFFSET 0 subquery (never pulled up), so that its checks and the
+# child list it hands down are computed once per element, not once per concept row below it.
 _PG_DOCUMENTS = f"""
 nodes AS (
     SELECT r.roadmap_id,
            CASE
-             WHEN jsonb_typeof(r.doc) IS DISTINCT FROM 'object'
-               OR jsonb_typeof(r.doc -> 'stages') IS DISTINCT FROM 'array'
-             THEN 'framework_data is not an object with a stages list'
-             WHEN s.ord IS NULL THEN NULL
-             WHEN jsonb_typeof(s.value -> 'modules') IS DISTINCT FROM 'array'
+             WHEN NOT r.is_tree THEN 'framework_data is not an object with a stages list'
+             WHEN s.ord IS NOT NULL AND NOT s.is_list
              THEN 'stage #' || s.ord || ' has no modules list'
-             WHEN m.ord IS NULL THEN NULL
-             WHEN jsonb_typeof(m.value -> 'concepts') IS DISTINCT FROM 'array'
+             WHEN m.ord IS NOT NULL AND NOT m.is_list
              THEN 'stage #' || s.ord || ' module #' || m.ord || ' has no concepts list'
-             WHEN c.value IS NULL THEN NULL
-             WHEN jsonb_typeof(c.value -> 'concept_id') IS DISTINCT FROM 'string'
+             WHEN c.value IS NOT NULL AND c.concept_id IS NULL
              THEN 'a concept in stage #' || s.ord || ' module #' || m.ord || ' has no concept_id'
            END AS problem,
-           CASE WHEN jsonb_typeof(c.value -> 'concept_id') = 'string'
-                THEN c.value ->> 'concept_id' END AS concept_id,
+           c.concept_id,
            {_PG_CONCEPT_FIELD.format(key="content_status")} AS tutorial_status,
            {_PG_CONCEPT_FIELD.format(key="tutorial_id")} AS tutorial_ref,
            {_PG_CONCEPT_FIELD.format(key="content_ref")} AS content_ref,
@@ -186,19 +200,35 @@ nodes AS (
            {_PG_CONCEPT_FIELD.format(key="quiz_status")} AS quiz_status,
            {_PG_CONCEPT_FIELD.format(key="quiz_id")} AS quiz_ref,
            {_PG_CONCEPT_FIELD.format(key="quiz_questions_count")} AS quiz_count
-    FROM (SELECT roadmap_id, CAST(framework_data AS jsonb) AS doc
-          FROM roadmap_metadata
-          WHERE deleted_at IS NULL AND {IN_SCOPE.format(col="roadmap_id")}
+    FROM (SELECT d.roadmap_id, x.stages IS NOT NULL AS is_tree, x.stages
+          FROM (SELECT roadmap_id, CAST(framework_data AS jsonb) AS doc
+                FROM roadmap_metadata
+                WHERE deleted_at IS NULL AND {IN_SCOPE.format(col="roadmap_id")}
+                OFFSET 0) AS d
+          CROSS JOIN LATERAL (
+              SELECT CASE WHEN jsonb_typeof(d.doc -> 'stages') = 'array'
+                          THEN d.doc -> 'stages' END AS stages OFFSET 0) AS x
           OFFSET 0) AS r
-    LEFT JOIN LATERAL jsonb_array_elements(
-        CASE WHEN jsonb_typeof(r.doc -> 'stages') = 'array' THEN r.doc -> 'stages' END)
-        WITH ORDINALITY AS s(value, ord) ON TRUE
-    LEFT JOIN LATERAL jsonb_array_elements(
-        CASE WHEN jsonb_typeof(s.value -> 'modules') = 'array' THEN s.value -> 'modules' END)
-        WITH ORDINALITY AS m(value, ord) ON TRUE
-    LEFT JOIN LATERAL jsonb_array_elements(
-        CASE WHEN jsonb_typeof(m.value -> 'concepts') = 'array' THEN m.value -> 'concepts' END)
-        AS c(value) ON TRUE
+    LEFT JOIN LATERAL (
+        SELECT e.ord, x.children IS NOT NULL AS is_list, x.children
+        FROM jsonb_array_elements(r.stages) WITH ORDINALITY AS e(value, ord)
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN jsonb_typeof(e.value -> 'modules') = 'array'
+                        THEN e.value -> 'modules' END AS children OFFSET 0) AS x
+        OFFSET 0) AS s ON TRUE
+    LEFT JOIN LATERAL (
+        SELECT e.ord, x.children IS NOT NULL AS is_list, x.children
+        FROM jsonb_array_elements(s.children) WITH ORDINALITY AS e(value, ord)
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN jsonb_typeof(e.value -> 'concepts') = 'array'
+                        THEN e.value -> 'concepts' END AS children OFFSET 0) AS x
+        OFFSET 0) AS m ON TRUE
+    LEFT JOIN LATERAL (
+        SELECT e.value,
+               CASE WHEN jsonb_typeof(e.value -> 'concept_id') = 'string'
+                    THEN e.value ->> 'concept_id' END AS concept_id
+        FROM jsonb_array_elements(m.children) AS e(value)
+        OFFSET 0) AS c ON TRUE
 ),
 entries AS NOT MATERIALIZED (
     SELECT roadmap_id, concept_id, tutorial_status, tutorial_ref, content_ref, content_version,
@@ -222,18 +252,16 @@ task_failed_names AS (
     WHERE {IN_SCOPE.format(col="t.roadmap_id")}
 ),
 resource_checks AS (
-    SELECT x.roadmap_id, x.concept_id, x.row_id, x.resources_count,
-           jsonb_typeof(x.doc) = 'array' AS is_list,
-           CASE WHEN jsonb_typeof(x.doc) = 'array' THEN jsonb_array_length(x.doc) END AS n,
-           e.n_bad, e.first_bad
+    SELECT x.roadmap_id, x.concept_id, x.row_id, x.resources_count, x.is_list,
+           CASE WHEN x.is_list THEN jsonb_array_length(x.doc) END AS n, e.n_bad, e.first_bad
     FROM (SELECT d.roadmap_id, d.concept_id, CAST(d.id AS TEXT) AS row_id, d.resources_count,
-                 CAST(d.resources AS jsonb) AS doc
-          FROM resource_recommendation_metadata d WHERE {_content_scope("d")}
-          OFFSET 0) AS x
+                 jsonb_typeof(y.doc) = 'array' AS is_list, y.doc
+          FROM resource_recommendation_metadata d
+          CROSS JOIN LATERAL ({_PG_DOCUMENT.format(column="d.resources")}) AS y
+          WHERE {_content_scope("d")}) AS x
     CROSS JOIN LATERAL (
         SELECT COUNT(p.problem) AS n_bad,
-               (array_agg(p.problem ORDER BY p.ord) FILTER (WHERE p.problem IS NOT NULL))[1]
-                   AS first_bad
+               {_PG_FIRST_PROBLEM} AS first_bad
         FROM (
             SELECT el.ord,
                    'resource #' || el.ord || ': ' ||
@@ -243,39 +271,39 @@ resource_checks AS (
                              IS DISTINCT FROM 'number'
                         THEN 'relevance_score ' || COALESCE(el.value ->> 'relevance_score', 'null')
                              || ' is not a number'
-                        WHEN CAST(el.value ->> 'relevance_score' AS double precision)
-                             NOT BETWEEN 0 AND 1
+                        WHEN el.value -> 'relevance_score' < '0'::jsonb
+                          OR el.value -> 'relevance_score' > '1'::jsonb
                         THEN 'relevance_score ' || (el.value ->> 'relevance_score')
                              || ' is not within 0..1'
                         WHEN COALESCE(el.value ->> 'type', '') NOT IN
                              ('article', 'video', 'book', 'course', 'documentation', 'tool')
                         THEN 'type ' || COALESCE(el.value ->> 'type', 'null') || ' is not allowed'
                    END AS problem
-            FROM jsonb_array_elements(
-                CASE WHEN jsonb_typeof(x.doc) = 'array' THEN x.doc END)
-                WITH ORDINALITY AS el(value, ord)
+            FROM jsonb_array_elements(CASE WHEN x.is_list THEN x.doc END)
+                 WITH ORDINALITY AS el(value, ord)
+            OFFSET 0  -- not pulled up: each problem is computed once, not once per aggregate
         ) AS p
     ) AS e
-    WHERE jsonb_typeof(x.doc) IS DISTINCT FROM 'array' OR e.n_bad > 0
+    WHERE NOT x.is_list OR e.n_bad > 0
        OR x.resources_count IS DISTINCT FROM jsonb_array_length(x.doc)
 ),
 quiz_checks AS (
     SELECT x.roadmap_id, x.concept_id, x.row_id, x.total_questions, x.easy_count,
-           x.medium_count, x.hard_count, jsonb_typeof(x.doc) = 'array' AS is_list,
+           x.medium_count, x.hard_count, x.is_list,
            e.n, e.n_easy, e.n_medium, e.n_hard, e.n_bad, e.first_bad
     FROM (SELECT d.roadmap_id, d.concept_id, CAST(d.quiz_id AS TEXT) AS row_id,
                  d.total_questions, d.easy_count, d.medium_count, d.hard_count,
-                 CAST(d.questions AS jsonb) AS doc
-          FROM quiz_metadata d WHERE {_content_scope("d")}
-          OFFSET 0) AS x
+                 jsonb_typeof(y.doc) = 'array' AS is_list, y.doc
+          FROM quiz_metadata d
+          CROSS JOIN LATERAL ({_PG_DOCUMENT.format(column="d.questions")}) AS y
+          WHERE {_content_scope("d")}) AS x
     CROSS JOIN LATERAL (
         SELECT COUNT(*) AS n,
                COUNT(*) FILTER (WHERE p.difficulty = 'easy') AS n_easy,
                COUNT(*) FILTER (WHERE p.difficulty = 'medium') AS n_medium,
                COUNT(*) FILTER (WHERE p.difficulty = 'hard') AS n_hard,
                COUNT(p.problem) AS n_bad,
-               (array_agg(p.problem ORDER BY p.ord) FILTER (WHERE p.problem IS NOT NULL))[1]
-                   AS first_bad
+               {_PG_FIRST_PROBLEM} AS first_bad
         FROM (
             SELECT el.ord, el.value ->> 'difficulty' AS difficulty,
                    'question #' || el.ord || ': ' ||
@@ -288,26 +316,31 @@ quiz_checks AS (
                              || ' is not allowed'
                         WHEN jsonb_array_length(el.value -> 'correct_answer') = 0
                         THEN 'has no correct answer'
-                        WHEN el.value ->> 'question_type' IN ('single_choice', 'true_false')
+                        WHEN el.value ->> 'question_type' <> 'multiple_choice'
                          AND jsonb_array_length(el.value -> 'correct_answer') <> 1
                         THEN 'a ' || (el.value ->> 'question_type') || ' question has '
                              || jsonb_array_length(el.value -> 'correct_answer') || ' answers'
-                        WHEN EXISTS (
-                            SELECT 1 FROM jsonb_array_elements(el.value -> 'correct_answer') AS a(v)
-                            WHERE CASE WHEN jsonb_typeof(a.v) = 'number'
-                                       THEN CAST(a.v #>> '{{}}' AS numeric) NOT BETWEEN 0
-                                            AND jsonb_array_length(el.value -> 'options') - 1
-                                       ELSE TRUE END)
+                        WHEN NOT COALESCE(
+                            (el.value -> 'correct_answer') <@ (
+                                {_PG_OPTION_INDEXES} -> jsonb_array_length(el.value -> 'options')),
+                            NOT EXISTS (
+                                SELECT 1
+                                FROM jsonb_array_elements(el.value -> 'correct_answer') AS a(v)
+                                WHERE jsonb_typeof(a.v) IS DISTINCT FROM 'number'
+                                   OR CAST(a.v #>> '{{}}' AS numeric)
+                                      <> TRUNC(CAST(a.v #>> '{{}}' AS numeric))
+                                   OR CAST(a.v #>> '{{}}' AS numeric) NOT BETWEEN 0
+                                      AND jsonb_array_length(el.value -> 'options') - 1))
                         THEN 'correct_answer ' || (el.value ->> 'correct_answer')
                              || ' does not index its '
                              || jsonb_array_length(el.value -> 'options') || ' options'
                    END AS problem
-            FROM jsonb_array_elements(
-                CASE WHEN jsonb_typeof(x.doc) = 'array' THEN x.doc END)
-                WITH ORDINALITY AS el(value, ord)
+            FROM jsonb_array_elements(CASE WHEN x.is_list THEN x.doc END)
+                 WITH ORDINALITY AS el(value, ord)
+            OFFSET 0  -- not pulled up: each problem is computed once, not once per aggregate
         ) AS p
     ) AS e
-    WHERE jsonb_typeof(x.doc) IS DISTINCT FROM 'array' OR e.n_bad > 0
+    WHERE NOT x.is_list OR e.n_bad > 0
        OR x.total_questions IS DISTINCT FROM e.n OR x.easy_count IS DISTINCT FROM e.n_easy
        OR x.medium_count IS DISTINCT FROM e.n_medium OR x.hard_count IS DISTINCT FROM e.n_hard
 ),
@@ -460,7 +493,7 @@ quiz_elements AS (
                      || json_array_length(q.value, '$.correct_answer') || ' answers'
                 WHEN EXISTS (
                     SELECT 1 FROM json_each(q.value, '$.correct_answer') a
-                    WHERE a.type <> 'integer'
+                    WHERE a.type NOT IN ('integer', 'real') OR a.value <> CAST(a.value AS INTEGER)
                        OR a.value NOT BETWEEN 0 AND json_array_length(q.value, '$.options') - 1)
                 THEN 'correct_answer ' || json_extract(q.value, '$.correct_answer')
                      || ' does not index its '
@@ -533,45 +566,54 @@ _CONTENT_PROBLEMS = """content_problems AS (
 # The one definition of the *current* row of an item, shared by the rules and by sync/repair:
 # tutorials: the is_latest row (highest version first when several claim it);
 # resources and quiz: the most recently generated row (then the highest id).
-CURRENT_ROWS = f"""
+# item_rows has one row per (roadmap, concept, item) that has any row at all; its row_id is NULL
+# when none is current (tutorial versions of which none is latest). has_more: a second row
+# claims to be current as well.
+_RANKED_ROWS = f"""
 tutorial_ranked AS (
     SELECT d.roadmap_id, d.concept_id, CAST(d.tutorial_id AS TEXT) AS row_id, d.content_url,
-           d.summary, d.content_version,
-           ROW_NUMBER() OVER (PARTITION BY d.roadmap_id, d.concept_id
-                              ORDER BY d.content_version DESC, d.generated_at DESC,
-                                       CAST(d.tutorial_id AS TEXT) DESC) AS rank_no,
-           COUNT(*) OVER (PARTITION BY d.roadmap_id, d.concept_id) AS n_current
-    FROM tutorial_metadata d WHERE d.is_latest AND {_content_scope("d")}
+           d.summary, d.content_version, d.is_latest,
+           ROW_NUMBER() OVER current_first AS rank_no,
+           COALESCE(LEAD(d.is_latest) OVER current_first, FALSE) AS has_more
+    FROM tutorial_metadata d WHERE {_content_scope("d")}
+    WINDOW current_first AS (PARTITION BY d.roadmap_id, d.concept_id
+                             ORDER BY d.is_latest DESC, d.content_version DESC,
+                                      d.generated_at DESC, CAST(d.tutorial_id AS TEXT) DESC)
 ),
 resources_ranked AS (
     SELECT d.roadmap_id, d.concept_id, CAST(d.id AS TEXT) AS row_id, d.resources_count,
-           ROW_NUMBER() OVER (PARTITION BY d.roadmap_id, d.concept_id
-                              ORDER BY d.generated_at DESC, CAST(d.id AS TEXT) DESC) AS rank_no,
-           COUNT(*) OVER (PARTITION BY d.roadmap_id, d.concept_id) AS n_current
+           ROW_NUMBER() OVER current_first AS rank_no,
+           LEAD(d.roadmap_id) OVER current_first IS NOT NULL AS has_more
     FROM resource_recommendation_metadata d WHERE {_content_scope("d")}
+    WINDOW current_first AS (PARTITION BY d.roadmap_id, d.concept_id
+                             ORDER BY d.generated_at DESC, CAST(d.id AS TEXT) DESC)
 ),
 quiz_ranked AS (
     SELECT d.roadmap_id, d.concept_id, CAST(d.quiz_id AS TEXT) AS row_id, d.total_questions,
-           ROW_NUMBER() OVER (PARTITION BY d.roadmap_id, d.concept_id
-                              ORDER BY d.generated_at DESC, CAST(d.quiz_id AS TEXT) DESC)
-               AS rank_no,
-           COUNT(*) OVER (PARTITION BY d.roadmap_id, d.concept_id) AS n_current
+           ROW_NUMBER() OVER current_first AS rank_no,
+           LEAD(d.roadmap_id) OVER current_first IS NOT NULL AS has_more
     FROM quiz_metadata d WHERE {_content_scope("d")}
+    WINDOW current_first AS (PARTITION BY d.roadmap_id, d.concept_id
+                             ORDER BY d.generated_at DESC, CAST(d.quiz_id AS TEXT) DESC)
 ),
 item_rows AS (
-    SELECT roadmap_id, concept_id, 'tutorial' AS item, row_id, content_url AS ref_a,
-           'v' || CAST(content_version AS TEXT) AS ref_b, content_version AS number,
-           summary, n_current
+    SELECT roadmap_id, concept_id, 'tutorial' AS item,
+           CASE WHEN is_latest THEN row_id END AS row_id,
+           CASE WHEN is_latest THEN content_url END AS ref_a,
+           CASE WHEN is_latest THEN 'v' || CAST(content_version AS TEXT) END AS ref_b,
+           CASE WHEN is_latest THEN content_version END AS number,
+           CASE WHEN is_latest THEN summary END AS summary, has_more
     FROM tutorial_ranked WHERE rank_no = 1
     UNION ALL
     SELECT roadmap_id, concept_id, 'resources', row_id, CAST(resources_count AS TEXT), NULL,
-           resources_count, NULL, n_current
+           resources_count, NULL, has_more
     FROM resources_ranked WHERE rank_no = 1
     UNION ALL
     SELECT roadmap_id, concept_id, 'quiz', row_id, CAST(total_questions AS TEXT), NULL,
-           total_questions, NULL, n_current
+           total_questions, NULL, has_more
     FROM quiz_ranked WHERE rank_no = 1
 )"""
+CURRENT_ROWS = f"{DELETED_ROADMAPS},\n{_RANKED_ROWS}"
 
 # Does the id that framework_data references exist among the item's rows (current or not)? Only
 # asked when it differs from the current row's id (an index probe per such item).
@@ -587,11 +629,13 @@ _REF_EXISTS = """CASE f.item
         AND x.concept_id = f.concept_id AND CAST(x.quiz_id AS TEXT) = f.ref_id)
 END"""
 
-# One pass over every item: framework_data's entry joined to the current row decides the item
-# rule (item_not_marked, ref_missing, ref_mismatch and zombie candidates exclude each other), and
-# the row's n_current tells multiple_current. Only findings are kept.
+# One pass over every item: framework_data's entry fully joined to the item's rows decides the
+# item rule (orphan_content, item_not_marked, ref_missing, ref_mismatch and zombie candidates
+# exclude each other), and has_more tells multiple_current. Only findings are kept.
 _ITEM_RULE = f"""CASE
-    WHEN f.roadmap_id IS NULL THEN NULL
+    WHEN f.roadmap_id IS NULL
+    THEN CASE WHEN r.roadmap_id NOT IN (SELECT roadmap_id FROM malformed_roadmaps)
+              THEN 'orphan_content' END
     WHEN r.row_id IS NOT NULL AND COALESCE(f.status, '') <> 'completed'
     THEN 'item_not_marked'
     WHEN f.status = 'completed' AND (r.row_id IS NULL OR f.ref_id IS NULL)
@@ -623,6 +667,17 @@ _ITEM_DETAIL = """CASE rule
               ELSE b_name || ' is ' || COALESCE(ref_b, 'null') || ', the row says '
                    || COALESCE(row_b, 'null') END
     WHEN 'zombie_status' THEN 'status ' || status || ' and no row'
+    WHEN 'orphan_content'
+    THEN CAST(CASE item
+              WHEN 'tutorial' THEN (SELECT COUNT(*) FROM tutorial_metadata x
+                                    WHERE x.roadmap_id = c.roadmap_id
+                                      AND x.concept_id = c.concept_id)
+              WHEN 'resources' THEN (SELECT COUNT(*) FROM resource_recommendation_metadata x
+                                     WHERE x.roadmap_id = c.roadmap_id
+                                       AND x.concept_id = c.concept_id)
+              ELSE (SELECT COUNT(*) FROM quiz_metadata x
+                    WHERE x.roadmap_id = c.roadmap_id AND x.concept_id = c.concept_id)
+              END AS TEXT) || ' row(s) for a concept that framework_data does not contain'
 END"""
 
 _ITEMS = "SELECT 'tutorial' AS item UNION ALL SELECT 'resources' UNION ALL SELECT 'quiz'"
@@ -640,6 +695,7 @@ queued AS (
     SELECT DISTINCT roadmap_id FROM roadmap_tasks
     WHERE status = 'pending' AND roadmap_id IS NOT NULL AND {IN_SCOPE.format(col="roadmap_id")}
 ),
+malformed_roadmaps AS MATERIALIZED (SELECT DISTINCT roadmap_id FROM framework_problems),
 item_refs AS (
     SELECT e.roadmap_id, e.concept_id, k.item,
            {_per_item("e.tutorial_status", "e.resources_status", "e.quiz_status")} AS status,
@@ -650,21 +706,21 @@ item_refs AS (
            {_per_item("'content_version'", "NULL", "NULL")} AS b_name
     FROM entries e CROSS JOIN ({_ITEMS}) AS k
 ),
-{CURRENT_ROWS},
+{_RANKED_ROWS},
 item_checks AS (
     SELECT COALESCE(f.roadmap_id, r.roadmap_id) AS roadmap_id,
            COALESCE(f.concept_id, r.concept_id) AS concept_id,
            COALESCE(f.item, r.item) AS item,
            f.status, f.ref_id, f.ref_a, f.ref_b, f.a_name, f.b_name,
-           r.row_id, r.ref_a AS row_a, r.ref_b AS row_b, r.n_current,
+           r.row_id, r.ref_a AS row_a, r.ref_b AS row_b, r.has_more,
            {_ITEM_RULE} AS rule
     FROM item_refs f
     FULL JOIN item_rows r
       ON r.roadmap_id = f.roadmap_id AND r.concept_id = f.concept_id AND r.item = f.item
 ),
 item_findings AS (
-    SELECT roadmap_id, concept_id, item, rule, n_current, {_ITEM_DETAIL} AS detail
-    FROM item_checks WHERE rule IS NOT NULL OR n_current > 1
+    SELECT c.roadmap_id, c.concept_id, c.item, c.rule, c.has_more, {_ITEM_DETAIL} AS detail
+    FROM item_checks c WHERE c.rule IS NOT NULL OR c.has_more
 ),
 tasks AS (
     SELECT task_id, roadmap_id, status, task_type, concept_id, failed_concepts,
@@ -718,37 +774,21 @@ task_expected AS (
                 ELSE 'partial_failure' END AS expected
     FROM tasks t LEFT JOIN task_outcome o ON o.task_id = t.task_id
 ),
+failed_concepts AS MATERIALIZED (
+    SELECT DISTINCT roadmap_id, concept_id FROM entries
+    WHERE tutorial_status = 'failed' OR resources_status = 'failed' OR quiz_status = 'failed'
+),
 task_failed_actual AS (
-    SELECT t.task_id, e.concept_id
-    FROM tasks t JOIN entries e ON e.roadmap_id = t.roadmap_id
+    SELECT t.task_id, f.concept_id
+    FROM failed_concepts f JOIN tasks t ON t.roadmap_id = f.roadmap_id
     WHERE t.task_type NOT IN ('retry_tutorial', 'retry_resources', 'retry_quiz')
       AND t.recency = 1 AND t.status IN ('completed', 'partial_failure')
-      AND (e.tutorial_status = 'failed' OR e.resources_status = 'failed'
-           OR e.quiz_status = 'failed')
     UNION
     SELECT task_id, concept_id FROM retry_items WHERE status = 'failed'
 )"""
 
+
 # --- the rules -----------------------------------------------------------------------------------
-_CONTENT_ROWS = (
-    ("tutorial", "tutorial_metadata"),
-    ("resources", "resource_recommendation_metadata"),
-    ("quiz", "quiz_metadata"),
-)
-
-
-def _orphans(item: str, table: str) -> str:
-    return f"""
-SELECT d.roadmap_id, d.concept_id, '{item}', 'orphan_content',
-       CAST(COUNT(*) AS TEXT) || ' row(s) for a concept that framework_data does not contain'
-FROM {table} d
-WHERE {_content_scope("d")}
-  AND NOT EXISTS (SELECT 1 FROM entries e
-                  WHERE e.roadmap_id = d.roadmap_id AND e.concept_id = d.concept_id)
-  AND NOT EXISTS (SELECT 1 FROM framework_problems p WHERE p.roadmap_id = d.roadmap_id)
-GROUP BY d.roadmap_id, d.concept_id"""
-
-
 def _item_rule(rule: Rule) -> str:
     return (
         f"SELECT roadmap_id, concept_id, item, rule, detail FROM item_findings "
@@ -761,16 +801,24 @@ RULE_SQL: dict[Rule, str] = {
     Rule.REF_MISSING: _item_rule(Rule.REF_MISSING),
     Rule.REF_MISMATCH: _item_rule(Rule.REF_MISMATCH),
     Rule.MULTIPLE_CURRENT: f"""
-SELECT roadmap_id, concept_id, item, 'multiple_current',
-       CAST(n_current AS TEXT) || '{LATEST_DUPLICATE}'
-FROM item_findings WHERE n_current > 1
+SELECT f.roadmap_id, f.concept_id, f.item, 'multiple_current',
+       CAST(CASE f.item
+            WHEN 'tutorial' THEN (SELECT COUNT(*) FROM tutorial_metadata x WHERE x.is_latest
+                                  AND x.roadmap_id = f.roadmap_id AND x.concept_id = f.concept_id)
+            WHEN 'resources' THEN (SELECT COUNT(*) FROM resource_recommendation_metadata x
+                                   WHERE x.roadmap_id = f.roadmap_id
+                                     AND x.concept_id = f.concept_id)
+            ELSE (SELECT COUNT(*) FROM quiz_metadata x
+                  WHERE x.roadmap_id = f.roadmap_id AND x.concept_id = f.concept_id)
+            END AS TEXT) || '{LATEST_DUPLICATE}'
+FROM item_findings f WHERE f.has_more
 UNION ALL
 SELECT d.roadmap_id, d.concept_id, 'tutorial', 'multiple_current',
        'version v' || CAST(d.content_version AS TEXT) || ' is stored '
        || CAST(COUNT(*) AS TEXT) || ' times'
 FROM tutorial_metadata d WHERE {_content_scope("d")}
 GROUP BY d.roadmap_id, d.concept_id, d.content_version HAVING COUNT(*) > 1""",
-    Rule.ORPHAN_CONTENT: "\nUNION ALL".join(_orphans(item, table) for item, table in _CONTENT_ROWS),
+    Rule.ORPHAN_CONTENT: _item_rule(Rule.ORPHAN_CONTENT),
     Rule.TASK_STATUS_MISMATCH: """
 SELECT x.roadmap_id, NULL, NULL, 'task_status_mismatch',
        'task ' || x.task_id || ' is ' || x.status || ' but '
@@ -832,13 +880,13 @@ def rules_statement(dialect: str, rules: Sequence[Rule] = tuple(Rule)) -> str:
     # findings (the task, the document's shape) belong to the roadmap, and a task outcome computed
     # from one concept's items would be wrong anyway.
     return (
-        f"WITH {documents_sql(dialect)},\n{_PORTABLE},\n"
+        f"WITH {DELETED_ROADMAPS},\n{documents_sql(dialect)},\n{_PORTABLE},\n"
         f"found (roadmap_id, concept_id, item, rule, detail) AS (\n{body}\n)\n"
         f"SELECT * FROM found WHERE {CONCEPT_IN_SCOPE.format(col='found.concept_id')}"
     )
 
 
-_JIT_OFF = text("SELECT set_config('jit', 'off', true)")
+_JIT_OFF = text("SELECT set_config('jit', 'off', true), set_config('enable_memoize', 'off', true)")
 
 
 def _statement(dialect: str, rules: Sequence[Rule]) -> Any:

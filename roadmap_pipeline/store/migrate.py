@@ -24,7 +24,7 @@ from roadmap_pipeline.store.schema import SERVICE_TABLE_NAMES
 MIGRATIONS = Path(__file__).parent / "migrations"
 BASELINE = "0001"
 OWN_TABLES_REVISION = "0002"
-HEAD = "0003"
+HEAD = "0004"
 
 
 class DatabaseState(StrEnum):
@@ -32,6 +32,7 @@ class DatabaseState(StrEnum):
     ADOPTABLE = "adoptable"  # the service's tables, never touched by roadmap_pipeline
     ADOPTED = "adopted"  # the service's tables plus our own, constraints not applied
     MANAGED = "managed"  # created or upgraded by roadmap_pipeline: every constraint applied
+    OUTDATED = "outdated"  # managed, with newer migrations to apply
     INCOMPLETE = "incomplete"  # some service tables exist, others not
 
 
@@ -71,7 +72,9 @@ def database_state(engine: Engine) -> tuple[DatabaseState, str | None]:
         return DatabaseState.INCOMPLETE, None
     if revision == HEAD:
         return DatabaseState.MANAGED, revision
-    return DatabaseState.ADOPTED, revision
+    if revision in (BASELINE, OWN_TABLES_REVISION):
+        return DatabaseState.ADOPTED, revision
+    return DatabaseState.OUTDATED, revision
 
 
 def init_db(engine: Engine) -> MigrationReport:
@@ -99,6 +102,11 @@ def init_db(engine: Engine) -> MigrationReport:
     if state is DatabaseState.ADOPTED:
         _run(engine, lambda cfg: command.upgrade(cfg, OWN_TABLES_REVISION))
         return MigrationReport(state, state, "adopted database: nothing to do")
+    if state is DatabaseState.OUTDATED:
+        # The operator chose every constraint already (the database went past the adoption
+        # revisions); newer migrations of the same kind follow.
+        _run(engine, lambda cfg: command.upgrade(cfg, HEAD))
+        return MigrationReport(state, DatabaseState.MANAGED, "applied the newer migrations")
     return MigrationReport(state, state, "database is up to date")
 
 
@@ -109,10 +117,10 @@ def upgrade_db(engine: Engine) -> MigrationReport:
         return init_db(engine)
     if state is DatabaseState.INCOMPLETE:
         return init_db(engine)  # raises with the names of the missing tables
+    if state in (DatabaseState.ADOPTABLE, DatabaseState.ADOPTED):
+        _refuse_duplicates(engine)  # before anything is written, the stamp included
     if state is DatabaseState.ADOPTABLE:
         _run(engine, lambda cfg: command.stamp(cfg, BASELINE))
-    if state is not DatabaseState.MANAGED:
-        _refuse_duplicates(engine)
     _run(engine, lambda cfg: command.upgrade(cfg, HEAD))
     return MigrationReport(state, DatabaseState.MANAGED, "applied every constraint and index")
 

@@ -221,13 +221,14 @@ def _parse_document(raw: str | None) -> Any:
 
 _CURRENT_ROWS_SELECT = text(
     f"WITH {CURRENT_ROWS} "
-    "SELECT roadmap_id, concept_id, item, row_id, ref_a, number, summary FROM item_rows"
+    "SELECT roadmap_id, concept_id, item, row_id, ref_a, number, summary FROM item_rows "
+    "WHERE row_id IS NOT NULL"
 ).bindparams(bindparam("roadmap_ids", expanding=True, type_=String))
 
 _EXTRA_LATEST_SELECT = text(
     f"WITH {CURRENT_ROWS} "
     "SELECT roadmap_id, concept_id, row_id, content_version FROM tutorial_ranked "
-    "WHERE rank_no > 1"
+    "WHERE rank_no > 1 AND is_latest"
 ).bindparams(bindparam("roadmap_ids", expanding=True, type_=String))
 
 _DEMOTE = text(
