@@ -257,3 +257,36 @@ def test_a_roadmap_sync_that_crashes_halfway_leaves_nothing(submitted: Engine) -
 
     report = sync_roadmaps(submitted, [RID], NothingRunning())
     assert [(t.before, t.after) for t in report.tasks] == [("processing", "partial_failure")]
+
+
+def test_a_service_summary_longer_than_300_loads_syncs_and_round_trips(submitted: Engine) -> None:
+    from roadmap_pipeline.domain.framework import load_framework
+    from roadmap_pipeline.store.schema import utcnow
+    from roadmap_pipeline_tests.store.helpers import edit_document, execute
+
+    long_summary = "The service wrote this summary past its own limit. " * 9
+    assert len(long_summary) > 300
+    other = f"{RID}:c-1-1-1"
+    edit_document(
+        submitted, RID, lambda doc: node(doc, other).__setitem__("content_summary", long_summary)
+    )
+    execute(
+        submitted,
+        "INSERT INTO tutorial_metadata (tutorial_id, roadmap_id, concept_id, title, summary, "
+        "content_url, content_status, content_version, is_latest, estimated_completion_time, "
+        "generated_at) VALUES ('t-long', :r, :c, 'Long', :s, 'u/v1.md', 'completed', 1, :yes, "
+        "30, :t)",
+        r=RID,
+        c=CONCEPT,
+        s=long_summary,
+        yes=True,
+        t=utcnow(),
+    )
+
+    sync_roadmaps(submitted, [RID], NothingRunning())
+
+    document = read_document(submitted, RID)
+    assert node(document, CONCEPT)["content_summary"] == long_summary
+    assert node(document, CONCEPT)["tutorial_id"] == "t-long"
+    assert node(document, other)["content_summary"] == long_summary  # a failed item keeps it
+    assert load_framework(document).to_document() == document
