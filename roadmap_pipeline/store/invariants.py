@@ -562,6 +562,7 @@ _CONTENT_PROBLEMS = """content_problems AS (
     FROM quiz_checks WHERE n_bad > 0
 )"""
 
+
 # --- portable CTEs: current rows ---------------------------------------------------------------
 # The one definition of the *current* row of an item, shared by the rules and by sync/repair:
 # tutorials: the is_latest row (highest version first when several claim it);
@@ -569,10 +570,11 @@ _CONTENT_PROBLEMS = """content_problems AS (
 # item_rows has one row per (roadmap, concept, item) that has any row at all; its row_id is NULL
 # when none is current (tutorial versions of which none is latest). has_more: a second row
 # claims to be current as well.
-_RANKED_ROWS = f"""
+def _ranked_rows(summary: str) -> str:
+    return f"""
 tutorial_ranked AS (
     SELECT d.roadmap_id, d.concept_id, CAST(d.tutorial_id AS TEXT) AS row_id, d.content_url,
-           d.summary, d.content_version, d.is_latest,
+           {summary} AS summary, d.content_version, d.is_latest,
            ROW_NUMBER() OVER current_first AS rank_no,
            COALESCE(LEAD(d.is_latest) OVER current_first, FALSE) AS has_more
     FROM tutorial_metadata d WHERE {_content_scope("d")}
@@ -613,7 +615,11 @@ item_rows AS (
            total_questions, NULL, has_more
     FROM quiz_ranked WHERE rank_no = 1
 )"""
-CURRENT_ROWS = f"{DELETED_ROADMAPS},\n{_RANKED_ROWS}"
+
+
+# sync needs the summary (content_summary mirrors it); the rules do not compare it, and leaving it
+# out keeps the rows they sort and join narrow.
+CURRENT_ROWS = f"{DELETED_ROADMAPS},\n{_ranked_rows('d.summary')}"
 
 # Does the id that framework_data references exist among the item's rows (current or not)? Only
 # asked when it differs from the current row's id (an index probe per such item).
@@ -706,7 +712,7 @@ item_refs AS (
            {_per_item("'content_version'", "NULL", "NULL")} AS b_name
     FROM entries e CROSS JOIN ({_ITEMS}) AS k
 ),
-{_RANKED_ROWS},
+{_ranked_rows("CAST(NULL AS TEXT)")},
 item_checks AS (
     SELECT COALESCE(f.roadmap_id, r.roadmap_id) AS roadmap_id,
            COALESCE(f.concept_id, r.concept_id) AS concept_id,
@@ -954,7 +960,7 @@ class ItemState:
 def item_states(conn: Connection, scope: Scope) -> list[ItemState]:
     """Every item's status as framework_data states it (the same flattening the rules read)."""
     statement = text(
-        f"WITH {documents_sql(conn.dialect.name)},\n{_PORTABLE}\n"
+        f"WITH {DELETED_ROADMAPS},\n{documents_sql(conn.dialect.name)},\n{_PORTABLE}\n"
         "SELECT roadmap_id, concept_id, item, status FROM item_refs"
     ).bindparams(bindparam("roadmap_ids", expanding=True, type_=String))
     return [ItemState(*row) for row in conn.execute(statement, scope.params())]
