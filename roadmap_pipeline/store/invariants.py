@@ -458,11 +458,10 @@ resource_checks AS (
            COALESCE(json_type(x.doc), '') = 'array' AS is_list,
            CASE WHEN json_type(x.doc) = 'array' THEN json_array_length(x.doc) END AS n,
            COALESCE(b.n_bad, 0) AS n_bad,
-           'resource #' || b.first_ord || ': '
-           || (SELECT p.problem FROM resource_elements p
-               WHERE p.row_id = x.row_id AND p.ord = b.first_ord) AS first_bad
+           'resource #' || CAST(SUBSTR(b.first, 1, 10) AS INTEGER) || ': '
+           || SUBSTR(b.first, 11) AS first_bad
     FROM resource_docs x
-    LEFT JOIN (SELECT row_id, COUNT(*) AS n_bad, MIN(ord) AS first_ord
+    LEFT JOIN (SELECT row_id, COUNT(*) AS n_bad, MIN(printf('%010d', ord) || problem) AS first
                FROM resource_elements WHERE problem IS NOT NULL GROUP BY row_id) AS b
            ON b.row_id = x.row_id
 ),
@@ -508,16 +507,16 @@ quiz_checks AS (
            COALESCE(c.n, 0) AS n, COALESCE(c.n_easy, 0) AS n_easy,
            COALESCE(c.n_medium, 0) AS n_medium, COALESCE(c.n_hard, 0) AS n_hard,
            COALESCE(c.n_bad, 0) AS n_bad,
-           'question #' || c.first_ord || ': '
-           || (SELECT p.problem FROM quiz_elements p
-               WHERE p.row_id = x.row_id AND p.ord = c.first_ord) AS first_bad
+           'question #' || CAST(SUBSTR(c.first, 1, 10) AS INTEGER) || ': '
+           || SUBSTR(c.first, 11) AS first_bad
     FROM quiz_docs x
     LEFT JOIN (SELECT row_id, COUNT(*) AS n,
                       SUM(CASE WHEN difficulty = 'easy' THEN 1 ELSE 0 END) AS n_easy,
                       SUM(CASE WHEN difficulty = 'medium' THEN 1 ELSE 0 END) AS n_medium,
                       SUM(CASE WHEN difficulty = 'hard' THEN 1 ELSE 0 END) AS n_hard,
                       SUM(CASE WHEN problem IS NOT NULL THEN 1 ELSE 0 END) AS n_bad,
-                      MIN(CASE WHEN problem IS NOT NULL THEN ord END) AS first_ord
+                      MIN(CASE WHEN problem IS NOT NULL
+                               THEN printf('%010d', ord) || problem END) AS first
                FROM quiz_elements GROUP BY row_id) AS c
            ON c.row_id = x.row_id
 ),
@@ -713,17 +712,7 @@ item_refs AS (
     FROM entries e CROSS JOIN ({_ITEMS}) AS k
 ),
 {_ranked_rows("CAST(NULL AS TEXT)")},
-item_checks AS (
-    SELECT COALESCE(f.roadmap_id, r.roadmap_id) AS roadmap_id,
-           COALESCE(f.concept_id, r.concept_id) AS concept_id,
-           COALESCE(f.item, r.item) AS item,
-           f.status, f.ref_id, f.ref_a, f.ref_b, f.a_name, f.b_name,
-           r.row_id, r.ref_a AS row_a, r.ref_b AS row_b, r.has_more,
-           {_ITEM_RULE} AS rule
-    FROM item_refs f
-    FULL JOIN item_rows r
-      ON r.roadmap_id = f.roadmap_id AND r.concept_id = f.concept_id AND r.item = f.item
-),
+item_checks AS ({{item_checks}}),
 item_findings AS (
     SELECT c.roadmap_id, c.concept_id, c.item, c.rule, c.has_more, {_ITEM_DETAIL} AS detail
     FROM item_checks c WHERE c.rule IS NOT NULL OR c.has_more
@@ -792,6 +781,31 @@ task_failed_actual AS (
     UNION
     SELECT task_id, concept_id FROM retry_items WHERE status = 'failed'
 )"""
+
+
+_ITEM_CHECK_COLUMNS = f"""
+    SELECT COALESCE(f.roadmap_id, r.roadmap_id) AS roadmap_id,
+           COALESCE(f.concept_id, r.concept_id) AS concept_id,
+           COALESCE(f.item, r.item) AS item,
+           f.status, f.ref_id, f.ref_a, f.ref_b, f.a_name, f.b_name,
+           r.row_id, r.ref_a AS row_a, r.ref_b AS row_b, r.has_more,
+           {_ITEM_RULE} AS rule"""
+_SAME_ITEM = "r.roadmap_id = f.roadmap_id AND r.concept_id = f.concept_id AND r.item = f.item"
+# Every item of framework_data and every item that has rows, matched: a full join. PostgreSQL
+# hashes it; SQLite runs a FULL JOIN as nested loops, so there it is a left join both ways (the
+# second half keeps only rows without an entry), each side indexed automatically.
+_ITEM_CHECKS = {
+    "postgresql": f"{_ITEM_CHECK_COLUMNS}\n"
+    f"    FROM item_refs f FULL JOIN item_rows r ON {_SAME_ITEM}",
+    "sqlite": f"{_ITEM_CHECK_COLUMNS}\n    FROM item_refs f LEFT JOIN item_rows r ON {_SAME_ITEM}"
+    f"\n    UNION ALL{_ITEM_CHECK_COLUMNS}\n"
+    f"    FROM item_rows r LEFT JOIN item_refs f ON {_SAME_ITEM} WHERE f.roadmap_id IS NULL",
+}
+
+
+def portable_sql(dialect: str) -> str:
+    """The CTEs shared by both dialects (after the document CTEs)."""
+    return _PORTABLE.replace("{item_checks}", _ITEM_CHECKS[dialect])
 
 
 # --- the rules -----------------------------------------------------------------------------------
@@ -886,7 +900,7 @@ def rules_statement(dialect: str, rules: Sequence[Rule] = tuple(Rule)) -> str:
     # findings (the task, the document's shape) belong to the roadmap, and a task outcome computed
     # from one concept's items would be wrong anyway.
     return (
-        f"WITH {DELETED_ROADMAPS},\n{documents_sql(dialect)},\n{_PORTABLE},\n"
+        f"WITH {DELETED_ROADMAPS},\n{documents_sql(dialect)},\n{portable_sql(dialect)},\n"
         f"found (roadmap_id, concept_id, item, rule, detail) AS (\n{body}\n)\n"
         f"SELECT * FROM found WHERE {CONCEPT_IN_SCOPE.format(col='found.concept_id')}"
     )
@@ -960,7 +974,8 @@ class ItemState:
 def item_states(conn: Connection, scope: Scope) -> list[ItemState]:
     """Every item's status as framework_data states it (the same flattening the rules read)."""
     statement = text(
-        f"WITH {DELETED_ROADMAPS},\n{documents_sql(conn.dialect.name)},\n{_PORTABLE}\n"
+        f"WITH {DELETED_ROADMAPS},\n{documents_sql(conn.dialect.name)},\n"
+        f"{portable_sql(conn.dialect.name)}\n"
         "SELECT roadmap_id, concept_id, item, status FROM item_refs"
     ).bindparams(bindparam("roadmap_ids", expanding=True, type_=String))
     return [ItemState(*row) for row in conn.execute(statement, scope.params())]

@@ -585,3 +585,25 @@ def test_fleet_roadmap_and_concept_scopes_agree(engine: Engine) -> None:
             concept_id = cid(n, roadmap_id)
             expected = [v for v in in_roadmap if v.concept_id == concept_id]
             assert verify(engine, Scope.concept(roadmap_id, concept_id)) == expected
+
+
+def test_a_quiz_with_several_bad_questions_names_the_first_and_counts_the_rest(
+    fleet: Engine,
+) -> None:
+    questions = _quiz_questions(fleet, cid(4))
+    questions[1]["correct_answer"] = ["b"]
+    questions[2]["question_type"] = "essay"
+    questions[3]["options"] = "not a list"
+    execute(
+        fleet,
+        "UPDATE quiz_metadata SET questions = :q WHERE concept_id = :c",
+        q=json.dumps(questions),
+        c=cid(4),
+    )
+
+    found = verify(fleet)
+
+    row = row_id(fleet, "quiz_metadata", "quiz_id", cid(4))
+    assert [v.detail for v in found] == [
+        f'row {row}: question #2: correct_answer ["b"] does not index its 4 options (and 2 more)'
+    ]
