@@ -165,8 +165,10 @@ _PG_CONCEPT_FIELD = "c.value ->> '{key}'"
 _PG_DOCUMENT = "SELECT CAST({column} AS jsonb) #> '{{}}' AS doc OFFSET 0"
 # The first problem of a document, by position, without an ordered aggregate (which would sort
 # once per row): the position, zero-padded, sorts the problems as text and is cut off again.
+# The label ("question #3: ") is composed here, for problems only: composing it per element would
+# cost a conversion and three concatenations for every valid element too.
 _PG_FIRST_PROBLEM = (
-    "SUBSTR(MIN(LPAD(CAST(p.ord AS TEXT), 10, '0') || p.problem) "
+    "SUBSTR(MIN(LPAD(CAST(p.ord AS TEXT), 10, '0') || '{label} #' || p.ord || ': ' || p.problem) "
     "FILTER (WHERE p.problem IS NOT NULL), 11)"
 )
 # The valid answers of a question with n options, for n < 33: [[], [0], [0, 1], ...]. A
@@ -261,10 +263,9 @@ resource_checks AS (
           WHERE {_content_scope("d")}) AS x
     CROSS JOIN LATERAL (
         SELECT COUNT(p.problem) AS n_bad,
-               {_PG_FIRST_PROBLEM} AS first_bad
+               {_PG_FIRST_PROBLEM.format(label="resource")} AS first_bad
         FROM (
             SELECT el.ord,
-                   'resource #' || el.ord || ': ' ||
                    CASE WHEN jsonb_typeof(el.value) IS DISTINCT FROM 'object'
                         THEN 'is not an object'
                         WHEN jsonb_typeof(el.value -> 'relevance_score')
@@ -303,10 +304,9 @@ quiz_checks AS (
                COUNT(*) FILTER (WHERE p.difficulty = 'medium') AS n_medium,
                COUNT(*) FILTER (WHERE p.difficulty = 'hard') AS n_hard,
                COUNT(p.problem) AS n_bad,
-               {_PG_FIRST_PROBLEM} AS first_bad
+               {_PG_FIRST_PROBLEM.format(label="question")} AS first_bad
         FROM (
             SELECT el.ord, el.value ->> 'difficulty' AS difficulty,
-                   'question #' || el.ord || ': ' ||
                    CASE WHEN jsonb_typeof(el.value -> 'options') IS DISTINCT FROM 'array'
                           OR jsonb_typeof(el.value -> 'correct_answer') IS DISTINCT FROM 'array'
                         THEN 'options or correct_answer is not a list'
