@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu = _server_cpu(conn)
         floor = _measure(cpu, lambda: _floor(conn))
         fleet_runs = [
-            _measure(cpu, lambda: find_violations(conn, Scope.fleet(), activity)) for _ in range(2)
+            _measure(cpu, lambda: find_violations(conn, Scope.fleet(), activity)) for _ in range(3)
         ]
         ids = list(
             conn.execute(

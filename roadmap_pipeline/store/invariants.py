@@ -159,6 +159,7 @@ def _content_scope(alias: str) -> str:
 # being repeated per reference) and reduced to its problems in the same pass, so only problem rows
 # are kept. JIT is switched off for the statement (see find_violations).
 _PG_CONCEPT_FIELD = "c.value ->> '{key}'"
+_RESOURCE_TYPES = "'article', 'video', 'book', 'course', 'documentation', 'tool'"
 # A content document as jsonb, decompressed once: ``#> '{}'`` returns the (detoasted) document
 # itself, and the OFFSET 0 subquery keeps it from being recomputed per reference. Otherwise every
 # function applied to a compressed jsonb value decompresses it again.
@@ -266,7 +267,11 @@ resource_checks AS (
                {_PG_FIRST_PROBLEM.format(label="resource")} AS first_bad
         FROM (
             SELECT el.ord,
-                   CASE WHEN jsonb_typeof(el.value) IS DISTINCT FROM 'object'
+                   CASE WHEN (el.value -> 'relevance_score') BETWEEN '0'::jsonb AND '1'::jsonb
+                         AND el.value ->> 'type' IN ({_RESOURCE_TYPES})
+                        THEN NULL  -- the usual case first: jsonb orders numbers after strings
+                                   -- and nulls, before booleans, arrays and objects
+                        WHEN jsonb_typeof(el.value) IS DISTINCT FROM 'object'
                         THEN 'is not an object'
                         WHEN jsonb_typeof(el.value -> 'relevance_score')
                              IS DISTINCT FROM 'number'
