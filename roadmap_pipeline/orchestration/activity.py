@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG, WILL_RETRY_TAG
 
 from roadmap_pipeline.domain.keys import split_concept_key
 from roadmap_pipeline.orchestration.partitions import CONCEPTS, ROADMAPS
@@ -37,7 +37,15 @@ class DagsterActivity:
         return "judged from Dagster's queued and running runs"
 
     def active_runs(self) -> list[dg.DagsterRun]:
-        runs = self._instance.get_runs(filters=dg.RunsFilter(statuses=ACTIVE_STATUSES))
+        """Queued and running runs, and failed runs that Dagster's run retries will relaunch
+        (their retry is queued work even before it exists)."""
+        runs = list(self._instance.get_runs(filters=dg.RunsFilter(statuses=ACTIVE_STATUSES)))
+        failed = self._instance.get_runs(
+            filters=dg.RunsFilter(
+                statuses=[dg.DagsterRunStatus.FAILURE], tags={WILL_RETRY_TAG: "true"}
+            )
+        )
+        runs += [r for r in failed if r.is_complete_and_waiting_to_retry]
         return [r for r in runs if r.run_id != self._exclude]
 
     def active(self, roadmap_ids: Iterable[str] | None) -> ActiveWork:

@@ -63,6 +63,8 @@ def instance_config(
             "enabled": True,
             "start_timeout_seconds": 120,
             "poll_interval_seconds": 5,
+            # As in dagster.yaml: free the pool slots a crashed run worker could not release.
+            "free_slots_after_run_end_seconds": 5,
         },
         "telemetry": {"enabled": False},
     }
