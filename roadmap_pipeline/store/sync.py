@@ -415,7 +415,7 @@ def _roll_up_tasks(
             {"concept_id": cid, "items": items}
             for cid, items in sorted(outcome.failed_items.items())
         ]
-        changes.append(TaskChange(task.task_id, task.roadmap_id, task.status, target, failed))
+        changes.append(TaskChange(str(task.task_id), task.roadmap_id, task.status, target, failed))
         if not dry_run:
             conn.execute(
                 update(RoadmapTask)
