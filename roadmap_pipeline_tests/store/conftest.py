@@ -14,11 +14,11 @@ from roadmap_pipeline.store.migrate import init_db
 from roadmap_pipeline_tests.store.helpers import copy_service_rows
 
 # The service's tables as it built them, without migrations: json (not jsonb), no unique
-# constraint beyond the primary keys, naive timestamps. On PostgreSQL the content ids are native
-# uuid columns, as in the service; task and roadmap ids are text (see uuid note in the README).
+# constraint beyond the primary keys, naive timestamps. On PostgreSQL the task and content ids are
+# native uuid columns, as in the service; roadmap and concept ids are text (with ':').
 _SERVICE_DDL = """
 CREATE TABLE roadmap_tasks (
-    task_id VARCHAR(64) PRIMARY KEY, user_id VARCHAR(64), status VARCHAR(32) NOT NULL,
+    task_id {uuid} PRIMARY KEY, user_id VARCHAR(64), status VARCHAR(32) NOT NULL,
     current_step VARCHAR(64), user_request JSON, roadmap_id VARCHAR(255),
     task_type VARCHAR(32) NOT NULL, concept_id VARCHAR(255), content_type VARCHAR(32),
     created_at {ts} NOT NULL, updated_at {ts} NOT NULL, completed_at {ts},

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, Text, cast, select, text, update
 
 from roadmap_pipeline.domain.statuses import TaskStatus
 from roadmap_pipeline.samples import synthetic_framework, write_concept_rows
@@ -99,8 +99,11 @@ def scalar(engine: Engine, sql: str, **params: Any) -> Any:
 
 
 def task_row(engine: Engine, task_id: str) -> Any:
+    """The task's row; its id compared as text (an adopted database may keep it as uuid)."""
     with connect(engine) as conn:
-        return conn.execute(select(RoadmapTask).where(RoadmapTask.task_id == task_id)).one()
+        return conn.execute(
+            select(RoadmapTask).where(cast(RoadmapTask.task_id, Text) == task_id)
+        ).one()
 
 
 def verify(
