@@ -39,6 +39,11 @@ class RoadmapDatabase(dg.ConfigurableResource):
     pool_timeout_s: float = Field(default=30.0, gt=0, description="Wait for a free connection.")
     checkpointer_pool_size: int = Field(default=4, ge=1, description="LangGraph's own pool.")
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Refuse to start a run or a sensor tick whose pools cannot fit the server."""
+        if context.instance is not None:
+            self.check_budget(context.instance)
+
     def get_engine(self) -> Engine:
         key = (self.url, self.pool_size, self.pool_timeout_s)
         with _ENGINES_LOCK:

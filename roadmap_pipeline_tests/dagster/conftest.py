@@ -28,6 +28,9 @@ from roadmap_pipeline.store.migrate import init_db
 from roadmap_pipeline_tests.conftest import IN_CI, PG_ADMIN_URL
 
 DAGSTER_TEST_DB = "roadmap_pipeline_dagster_test"
+# As dagster.yaml: the connection budget is computed from it (the default, 10 runs, does not fit
+# this server's max_connections of 100 and would be refused).
+TEST_CONCURRENCY = {"concurrency": {"runs": {"max_concurrent_runs": 4}}}
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -100,7 +103,7 @@ def data_engine(database_url: str) -> Iterator[tuple[str, Engine]]:
 def pipeline(data_engine: tuple[str, Engine]) -> Iterator[Pipeline]:
     """Our database (SQLite and Postgres) with an ephemeral Dagster instance."""
     url, engine = data_engine
-    with dg.instance_for_test() as instance:
+    with dg.instance_for_test(overrides=TEST_CONCURRENCY) as instance:
         yield Pipeline(url, engine, instance)
 
 
