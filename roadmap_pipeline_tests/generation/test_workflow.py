@@ -481,3 +481,30 @@ def test_the_node_retry_policy_retries_exactly_transient_generation_errors():
     policy = FAST_RETRY.policy()
     assert policy.retry_on is TransientGenerationError
     assert policy.max_attempts == 3
+
+
+def test_with_keep_finished_a_dead_callers_finished_run_is_reclaimed_not_regenerated(
+    engine, roadmap, recording, checkpointer, locks, call_log
+):
+    """The orchestrator keeps threads until it has recorded their outcome. When it dies first,
+    the next request (another run id) reclaims the finished items: same rows, no LLM calls."""
+    workflow = ConceptWorkflow(
+        engine, recording, checkpointer, locks, node_retry=FAST_RETRY, keep_finished=True
+    )
+    concept = roadmap.concept_ids[0]
+    first = workflow.run(roadmap.roadmap_id, concept, request_id="crashed-run")
+    assert thread_exists(checkpointer, first.thread_id)  # not pruned: nobody recorded it
+
+    again = workflow.run(roadmap.roadmap_id, concept, request_id="retry-run")
+    assert again.resumed
+    assert {i: o.row_id for i, o in again.items.items()} == {
+        i: o.row_id for i, o in first.items.items()
+    }
+    assert not any(o.generated for o in again.items.values())
+    assert len(read_calls(call_log)) == 3
+
+    workflow.prune(again.thread_id)  # recorded now
+    assert not thread_exists(checkpointer, again.thread_id)
+    fresh = workflow.run(roadmap.roadmap_id, concept, [TUTORIAL], request_id="a-later-request")
+    assert fresh.items[TUTORIAL].content_version == 2  # a new materialization regenerates
+    assert len(read_calls(call_log)) == 4
