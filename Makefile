@@ -4,7 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck clean dev dev-postgres validate bench
+.PHONY: demo test lint typecheck clean dev dev-postgres validate bench browser-deps
+
+# The browser test drives Debian's Chromium through Playwright, which must never download a
+# browser of its own (the machines reach package registries only).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,11 +21,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/roadmap-pipeline demo
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(BIN)/ruff check roadmap_pipeline roadmap_pipeline_tests benchmarks
 	$(BIN)/ruff format --check roadmap_pipeline roadmap_pipeline_tests benchmarks
 	$(BIN)/mypy roadmap_pipeline
 	$(BIN)/python -m pytest
+
+# Chromium for the browser test, from Debian's packages when it is missing (CI starts without it).
+browser-deps:
+	@test -x $(CHROMIUM) || { \
+		echo "$(CHROMIUM) is missing: installing Debian's chromium"; \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	}
 
 lint: $(STAMP)
 	$(BIN)/ruff check roadmap_pipeline roadmap_pipeline_tests benchmarks
