@@ -27,6 +27,7 @@ from typing import Any
 
 import dagster as dg
 
+from roadmap_pipeline.domain.framework import load_framework
 from roadmap_pipeline.domain.keys import split_concept_key
 from roadmap_pipeline.orchestration.activity import DagsterActivity
 from roadmap_pipeline.orchestration.jobs import generate_concepts_job
@@ -37,12 +38,21 @@ from roadmap_pipeline.orchestration.keys import (
     ROADMAP_TAG,
     TASK_TAG,
 )
-from roadmap_pipeline.orchestration.partitions import CONCEPTS, contiguous_ranges
+from roadmap_pipeline.orchestration.partitions import CONCEPTS, contiguous_ranges, roadmap_keys
 from roadmap_pipeline.orchestration.resources import RoadmapDatabase
 from roadmap_pipeline.orchestration.run_history import finished_since, roadmap_of_key
-from roadmap_pipeline.orchestration.sensors import concept_run_requests, range_tags
+from roadmap_pipeline.orchestration.sensors import (
+    adopted_row_events,
+    concept_run_requests,
+    grouped_run_requests,
+    missing_items,
+    range_tags,
+)
 from roadmap_pipeline.store.database import connect
 from roadmap_pipeline.store.intake import processing_tasks
+from roadmap_pipeline.store.invariants import Scope
+from roadmap_pipeline.store.readers import documents
+from roadmap_pipeline.store.sync import current_rows
 
 PURPOSE_TAG = "roadmap_pipeline/purpose"
 
@@ -229,6 +239,7 @@ def stuck_task_recovery_sensor(settings: RecoverySettings) -> dg.SensorDefinitio
         activity = DagsterActivity(instance).active({t.roadmap_id for t in candidates})
         order = list(instance.get_dynamic_partitions(CONCEPTS.name or ""))
         requests: list[dg.RunRequest] = []
+        events: list[dg.AssetMaterialization] = []
         for task in candidates:
             if budget <= 0:
                 break
@@ -237,51 +248,54 @@ def stuck_task_recovery_sensor(settings: RecoverySettings) -> dg.SensorDefinitio
             keys = [k for k in order if k.startswith(f"{task.roadmap_id}/")]
             if not keys:
                 continue  # never registered: the intake sensor owns it
-            new = recovery_requests(instance, task, keys, order)
+            new, recorded = recovery_requests(instance, database, task, keys, order)
+            events += recorded
             if new:
                 requests += new
                 budget -= 1
                 context.log.info(f"recovering task {task.task_id} of {task.roadmap_id}")
-        return dg.SensorResult(run_requests=requests)
+        return dg.SensorResult(run_requests=requests, asset_events=events)
 
     return stuck_task_recovery
 
 
 def recovery_requests(
-    instance: dg.DagsterInstance, task: Any, keys: list[str], order: list[str]
-) -> list[dg.RunRequest]:
-    """Runs for the partitions that are not materialized, or one settle run when all are."""
-    missing: dict[str, set[str]] = defaultdict(set)
-    for asset_key in CONTENT_ASSETS:
-        # A partition never materialized has no status at all (None for the whole asset).
-        statuses = _statuses(instance, asset_key, keys)
-        for key in keys:
-            if statuses.get(key) != dg.AssetPartitionStatus.MATERIALIZED:
-                missing[key].add(asset_key.to_user_string())
+    instance: dg.DagsterInstance,
+    database: RoadmapDatabase,
+    task: Any,
+    keys: list[str],
+    order: list[str],
+) -> tuple[list[dg.RunRequest], list[dg.AssetMaterialization]]:
+    """Runs for the items that have no row (judged from the data, not from Dagster's record,
+    which a dead run never completed), or one settle run when every row exists. Rows Dagster
+    never recorded are reported as materializations, so nothing is generated twice."""
+    with connect(database.get_engine()) as conn:
+        document = documents(conn, [task.roadmap_id]).get(task.roadmap_id)
+        rows = current_rows(conn, Scope.roadmap(task.roadmap_id))
+    if document is None:
+        return [], []
+    roadmap = roadmap_keys(load_framework(document))
+    recorded = {asset_key: _statuses(instance, asset_key, keys) for asset_key in CONTENT_ASSETS}
+    unrecorded = {
+        (key, asset_key)
+        for key in roadmap.concept_keys
+        for asset_key in CONTENT_ASSETS
+        if recorded[asset_key].get(key) != dg.AssetPartitionStatus.MATERIALIZED
+    }
+    events = adopted_row_events(roadmap, rows, unrecorded)
+    missing = missing_items(load_framework(document), roadmap, rows, pending_task=True)
     marker = f"recover:{task.task_id}:{task.updated_at.isoformat()}"
     tags = {PURPOSE_TAG: "recovery", TASK_TAG: task.task_id}
-    if not missing:
-        ranges = contiguous_ranges(order, keys)
-        return [
-            dg.RunRequest(
-                run_key=f"{marker}:settle:{i}",
-                job_name=generate_concepts_job.name,
-                asset_selection=[FRAMEWORK_ENTRY],
-                tags={ROADMAP_TAG: task.roadmap_id, **tags, **range_tags(key_range)},
-            )
-            for i, key_range in enumerate(ranges)
-        ]
-    groups: dict[tuple[str, ...], list[str]] = defaultdict(list)
-    for key, names in missing.items():
-        groups[tuple(sorted(names))].append(key)
-    requests: list[dg.RunRequest] = []
-    for asset_names, group_keys in sorted(groups.items()):
-        requests += concept_run_requests(
-            task.roadmap_id,
-            order,
-            group_keys,
-            [*(dg.AssetKey(a) for a in asset_names), FRAMEWORK_ENTRY],
-            run_key=f"{marker}:{'+'.join(asset_names)}",
-            tags=tags,
+    if missing:
+        return grouped_run_requests(task.roadmap_id, order, missing, marker, tags), events
+    ranges = contiguous_ranges(order, keys)
+    settle = [
+        dg.RunRequest(
+            run_key=f"{marker}:settle:{i}",
+            job_name=generate_concepts_job.name,
+            asset_selection=[FRAMEWORK_ENTRY],
+            tags={ROADMAP_TAG: task.roadmap_id, **tags, **range_tags(key_range)},
         )
-    return requests
+        for i, key_range in enumerate(ranges)
+    ]
+    return settle, events

@@ -24,6 +24,7 @@ from roadmap_pipeline.orchestration.keys import (
     FLEET_CHECK_KEY,
     FRAMEWORK_DATA,
     FRAMEWORK_ENTRY,
+    ITEM_ASSETS,
     ROADMAP_FRAMEWORK,
     ROADMAP_TAG,
     TASK_TAG,
@@ -40,6 +41,8 @@ from roadmap_pipeline.orchestration.resources import RoadmapDatabase
 from roadmap_pipeline.orchestration.run_history import finished_since
 from roadmap_pipeline.store.database import connect, transaction
 from roadmap_pipeline.store.intake import intake_candidates
+from roadmap_pipeline.store.invariants import Scope
+from roadmap_pipeline.store.sync import current_rows
 from roadmap_pipeline.store.writers import fail_task, start_task
 
 INTAKE_BATCH = 20
@@ -116,9 +119,11 @@ def intake_sensor(interval_s: int = 10) -> dg.SensorDefinition:
                 continue
             adds = registration_requests(instance, keys)
             partition_requests += adds
+            new_keys: set[str] = set()
             for add in adds:
                 if add.partitions_def_name == CONCEPTS.name:
                     concept_order += list(add.partition_keys)
+                    new_keys |= set(add.partition_keys)
             events.append(
                 dg.AssetMaterialization(
                     asset_key=ROADMAP_FRAMEWORK,
@@ -126,15 +131,16 @@ def intake_sensor(interval_s: int = 10) -> dg.SensorDefinition:
                     metadata=framework_metadata(candidate.document, keys.concept_keys),
                 )
             )
-            wanted = keys.concept_keys if candidate.task_id else _never_generated(framework, keys)
-            if not wanted:
-                continue
+            with connect(engine) as conn:
+                rows = current_rows(conn, Scope.roadmap(keys.roadmap_id))
+            unrecorded = {(k, a) for k in new_keys for a in CONTENT_ASSETS}
+            events += adopted_row_events(keys, rows, unrecorded)
+            missing = missing_items(framework, keys, rows, pending_task=bool(candidate.task_id))
             tags = {TASK_TAG: candidate.task_id} if candidate.task_id else {}
-            run_requests += concept_run_requests(
+            run_requests += grouped_run_requests(
                 keys.roadmap_id,
                 concept_order,
-                wanted,
-                (*CONTENT_ASSETS, FRAMEWORK_ENTRY),
+                missing,
                 run_key=f"intake:{keys.roadmap_id}:{candidate.task_id or 'untracked'}",
                 tags=tags,
             )
@@ -151,14 +157,72 @@ def intake_sensor(interval_s: int = 10) -> dg.SensorDefinition:
     return roadmap_intake
 
 
-def _never_generated(framework: Any, keys: RoadmapKeys) -> list[str]:
-    """Concepts of an untracked roadmap whose items are all still pending."""
-    pending = {
-        c.concept_id
-        for c in framework.concepts()
-        if {c.content_status, c.resources_status, c.quiz_status} == {"pending"}
-    }
-    return [key for key, concept_id in keys.concepts.items() if concept_id in pending]
+def missing_items(
+    framework: Any,
+    keys: RoadmapKeys,
+    rows: dict[tuple[str, str, str], Any],
+    *,
+    pending_task: bool,
+) -> dict[str, set[str]]:
+    """Content assets to generate per concept key: items without a current row. Without a
+    pending task (a roadmap adopted from the service), only items never generated (pending)."""
+    missing: dict[str, set[str]] = {}
+    for key, concept_id in keys.concepts.items():
+        concept = framework.concept(concept_id).concept
+        for item, asset_key in ITEM_ASSETS.items():
+            if (keys.roadmap_id, concept_id, item.value) in rows:
+                continue
+            if pending_task or concept.item_status(item) == "pending":
+                missing.setdefault(key, set()).add(asset_key.to_user_string())
+    return missing
+
+
+def adopted_row_events(
+    keys: RoadmapKeys,
+    rows: dict[tuple[str, str, str], Any],
+    unrecorded: set[tuple[str, dg.AssetKey]],
+) -> list[dg.AssetMaterialization]:
+    """Rows that exist before Dagster ever saw the concept (an adopted service database, or a
+    run that died before recording them) become materializations, so that the partition status
+    shows the data as it is and nothing is generated again."""
+    events = []
+    for key, concept_id in keys.concepts.items():
+        for item, asset_key in ITEM_ASSETS.items():
+            row = rows.get((keys.roadmap_id, concept_id, item.value))
+            if row is not None and (key, asset_key) in unrecorded:
+                events.append(
+                    dg.AssetMaterialization(
+                        asset_key=asset_key,
+                        partition=key,
+                        metadata={"row_id": row.row_id, "recorded_from": "an existing row"},
+                    )
+                )
+    return events
+
+
+def grouped_run_requests(
+    roadmap_id: str,
+    order: list[str],
+    missing: dict[str, set[str]],
+    run_key: str,
+    tags: dict[str, str] | None = None,
+) -> list[dg.RunRequest]:
+    """Runs for the missing items: concepts that miss the same items share a run (one per
+    contiguous key range); each run also syncs the entries of its concepts."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for key, assets in missing.items():
+        groups.setdefault(tuple(sorted(assets)), []).append(key)
+    requests: list[dg.RunRequest] = []
+    for asset_names, group_keys in sorted(groups.items()):
+        requests += concept_run_requests(
+            roadmap_id,
+            order,
+            group_keys,
+            [*(dg.AssetKey(a) for a in asset_names), FRAMEWORK_ENTRY],
+            run_key=f"{run_key}:{'+'.join(asset_names)}",
+            tags=tags,
+        )
+    return requests
 
 
 @dataclass

@@ -162,7 +162,7 @@ def _sync_batch(
     documents = _lock_documents(conn, roadmap_ids)
     missing = set(roadmap_ids) - set(documents)
     report.demoted = _demote_extra_latest(conn, scope, dry_run=dry_run)
-    rows = _current_rows(conn, scope)
+    rows = current_rows(conn, scope)
     queued = _roadmaps_with_pending_task(conn, roadmap_ids)
     work = activity.active(roadmap_ids)
     new_documents: dict[str, Any] = {}
@@ -236,7 +236,8 @@ _DEMOTE = text(
 ).bindparams(bindparam("ids", expanding=True))
 
 
-def _current_rows(conn: Connection, scope: Scope) -> dict[tuple[str, str, str], CurrentRow]:
+def current_rows(conn: Connection, scope: Scope) -> dict[tuple[str, str, str], CurrentRow]:
+    """The current row of every item in scope, keyed (roadmap_id, concept_id, item)."""
     return {
         (r.roadmap_id, r.concept_id, r.item): CurrentRow(r.row_id, r.ref_a, r.number, r.summary)
         for r in conn.execute(_CURRENT_ROWS_SELECT, scope.params())
