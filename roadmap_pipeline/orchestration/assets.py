@@ -28,7 +28,7 @@ from roadmap_pipeline.domain.statuses import ITEM_FIELDS, ItemType
 from roadmap_pipeline.generation.locks import locks_for
 from roadmap_pipeline.generation.workflow import ConceptOutcome, ConceptWorkflow, run_concepts
 from roadmap_pipeline.orchestration.activity import DagsterActivity
-from roadmap_pipeline.orchestration.consistency import roadmap_check_evaluations
+from roadmap_pipeline.orchestration.consistency import latest_targets, roadmap_check_evaluations
 from roadmap_pipeline.orchestration.keys import (
     CONTENT_ASSETS,
     FRAMEWORK_DATA,
@@ -291,7 +291,8 @@ def framework_entry(
             with connect(engine) as conn:
                 found = find_violations(conn, Scope.roadmap(roadmap_id), activity)
                 states = item_states(conn, Scope.roadmap(roadmap_id))
-            for evaluation in roadmap_check_evaluations(roadmap_id, found, states):
+            target = latest_targets(context.instance, FRAMEWORK_DATA, [roadmap_id]).get(roadmap_id)
+            for evaluation in roadmap_check_evaluations(roadmap_id, found, states, target):
                 context.log_event(evaluation)
         else:
             for concept_id in concept_ids:

@@ -10,6 +10,7 @@ one evaluation per partition and returns the range's overall result.
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -21,6 +22,7 @@ from roadmap_pipeline.orchestration.consistency import (
     ENTRY_RULES,
     check_metadata,
     completeness_result,
+    latest_targets,
     log_evaluation,
     roadmap_check_evaluations,
     roadmap_check_results,
@@ -150,6 +152,7 @@ def _log_partition_evaluation(
     violations: Sequence[Violation],
     severity: dg.AssetCheckSeverity,
     blocking: bool,
+    target: Any = None,
 ) -> None:
     log_evaluation(
         context.op_execution_context,
@@ -161,6 +164,7 @@ def _log_partition_evaluation(
             metadata=check_metadata(violations),
             severity=severity,
             blocking=blocking,
+            target_materialization_data=target,
         ),
     )
 
@@ -170,11 +174,13 @@ def _range_results(
     specs: dict[dg.AssetCheckKey, tuple[dg.AssetKey, bool]],
     per_key: dict[str, dict[dg.AssetCheckKey, list[Violation]]],
 ) -> Iterator[dg.AssetCheckResult]:
-    """Per-partition evaluations (logged) when the step covers a range; the step's results."""
-    ranged = len(per_key) > 1
+    """Per-partition evaluations, logged when the step covers a key range (Dagster records the
+    step's own result without a partition then); the step's overall results."""
+    ranged = not context.op_execution_context.has_partition_key
     for check_key, (asset_key, blocking) in specs.items():
         if check_key not in context.selected_asset_check_keys:
             continue
+        targets = latest_targets(context.instance, asset_key, list(per_key)) if ranged else {}
         failing: list[Violation] = []
         for key, by_check in per_key.items():
             violations = by_check.get(check_key, [])
@@ -188,6 +194,7 @@ def _range_results(
                     violations,
                     dg.AssetCheckSeverity.ERROR,
                     blocking,
+                    targets.get(key),
                 )
         bad_keys = sorted(k for k, by_check in per_key.items() if by_check.get(check_key))
         yield dg.AssetCheckResult(
@@ -292,11 +299,14 @@ def roadmap_checks(
     with connect(database.get_engine()) as conn:
         found = find_violations(conn, scope, activity)
         states = item_states(conn, scope)
-    if len(roadmap_ids) > 1:
+    if not context.op_execution_context.has_partition_key:
+        targets = latest_targets(context.instance, FRAMEWORK_DATA, roadmap_ids)
         for roadmap_id in roadmap_ids:
             mine = [v for v in found if v.roadmap_id == roadmap_id]
             own_states = [s for s in states if s.roadmap_id == roadmap_id]
-            for evaluation in roadmap_check_evaluations(roadmap_id, mine, own_states):
+            for evaluation in roadmap_check_evaluations(
+                roadmap_id, mine, own_states, targets.get(roadmap_id)
+            ):
                 log_evaluation(context.op_execution_context, evaluation)
     results = roadmap_check_results(found)
     for name, (passed, metadata) in results.items():

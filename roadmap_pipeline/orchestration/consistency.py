@@ -4,6 +4,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 
 from roadmap_pipeline.orchestration.keys import (
     FRAMEWORK_DATA,
@@ -97,7 +100,10 @@ def completeness_result(states: Sequence[ItemState]) -> tuple[bool, dict[str, An
 
 
 def roadmap_check_evaluations(
-    roadmap_id: str, violations: Sequence[Violation], states: Sequence[ItemState]
+    roadmap_id: str,
+    violations: Sequence[Violation],
+    states: Sequence[ItemState],
+    target: AssetCheckEvaluationTargetMaterializationData | None = None,
 ) -> list[dg.AssetCheckEvaluation]:
     """The per-roadmap checks as events (logged by a run that rolled the roadmap up)."""
     results = roadmap_check_results(violations)
@@ -110,6 +116,7 @@ def roadmap_check_evaluations(
             partition=roadmap_id,
             metadata=metadata,
             severity=dg.AssetCheckSeverity.ERROR,
+            target_materialization_data=target,
         )
         for name, (passed, metadata) in results.items()
     ]
@@ -121,6 +128,7 @@ def roadmap_check_evaluations(
             partition=roadmap_id,
             metadata=metadata,
             severity=dg.AssetCheckSeverity.WARN,
+            target_materialization_data=target,
         )
     )
     return evaluations
@@ -130,3 +138,23 @@ def log_evaluation(context: dg.OpExecutionContext, evaluation: dg.AssetCheckEval
     """Log one partition's check evaluation from a step that covers a key range."""
     # log_event accepts check evaluations at run time (a UserEvent); its annotation lags.
     context.log_event(evaluation)  # type: ignore[arg-type]
+
+
+def latest_targets(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partitions: Sequence[str]
+) -> dict[str, AssetCheckEvaluationTargetMaterializationData]:
+    """The latest materialization of each partition, for the evaluations a step logs itself:
+    without it, Dagster takes a partition's check result for one about an older version."""
+    if not partitions:
+        return {}
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=list(partitions)),
+        limit=min(10_000, 20 * len(partitions)),
+    ).records
+    targets: dict[str, AssetCheckEvaluationTargetMaterializationData] = {}
+    for record in records:  # newest first
+        if record.partition_key and record.partition_key not in targets:
+            targets[record.partition_key] = AssetCheckEvaluationTargetMaterializationData(
+                storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
+            )
+    return targets

@@ -31,3 +31,10 @@ FLEET_CHECK_KEY = dg.AssetCheckKey(ROADMAP_FLEET, FLEET)
 ROADMAP_TAG = "roadmap_pipeline/roadmap"
 TASK_TAG = "roadmap_pipeline/task"
 ATTEMPT_TAG = "roadmap_pipeline/attempt"
+
+# A settle run (framework_entry over a roadmap's range) checks its content again too: after a
+# failed content step its checks were skipped, and the UI would show them failed forever.
+SETTLE_CHECKS = (
+    *(dg.AssetCheckKey(asset, CONTENT_VALID) for asset in CONTENT_ASSETS),
+    dg.AssetCheckKey(FRAMEWORK_ENTRY, ENTRY_AGREES),
+)

@@ -36,6 +36,7 @@ from roadmap_pipeline.orchestration.keys import (
     CONTENT_ASSETS,
     FRAMEWORK_ENTRY,
     ROADMAP_TAG,
+    SETTLE_CHECKS,
     TASK_TAG,
 )
 from roadmap_pipeline.orchestration.partitions import CONCEPTS, contiguous_ranges, roadmap_keys
@@ -294,6 +295,7 @@ def recovery_requests(
             run_key=f"{marker}:settle:{i}",
             job_name=generate_concepts_job.name,
             asset_selection=[FRAMEWORK_ENTRY],
+            asset_check_keys=list(SETTLE_CHECKS),
             tags={ROADMAP_TAG: task.roadmap_id, **tags, **range_tags(key_range)},
         )
         for i, key_range in enumerate(ranges)

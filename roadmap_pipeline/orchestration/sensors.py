@@ -27,6 +27,7 @@ from roadmap_pipeline.orchestration.keys import (
     ITEM_ASSETS,
     ROADMAP_FRAMEWORK,
     ROADMAP_TAG,
+    SETTLE_CHECKS,
     TASK_TAG,
 )
 from roadmap_pipeline.orchestration.partitions import (
@@ -294,6 +295,7 @@ def settlement_sensor(interval_s: int = 10) -> dg.SensorDefinition:
                         run_key=f"settle:{roadmap_id}:{run_id}",
                         job_name=generate_concepts_job.name,
                         asset_selection=[FRAMEWORK_ENTRY],
+                        asset_check_keys=list(SETTLE_CHECKS),
                         tags={ROADMAP_TAG: roadmap_id, **range_tags(ranges[0])},
                     )
                 )

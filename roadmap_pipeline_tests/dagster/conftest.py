@@ -77,11 +77,18 @@ class Pipeline:
         return result
 
     def execute(self, request: dg.RunRequest, job_name: str = "generate_concepts") -> Any:
+        """Execute a run request in-process as the daemon would launch it (same selection)."""
         job = self.defs.resolve_job_def(request.job_name or job_name)
+        if request.asset_selection is not None or request.asset_check_keys is not None:
+            job = job.get_subset(
+                asset_selection=set(request.asset_selection or []),
+                asset_check_selection=(
+                    set(request.asset_check_keys) if request.asset_check_keys is not None else None
+                ),
+            )
         return job.execute_in_process(
             instance=self.instance,
             tags=dict(request.tags),
-            asset_selection=list(request.asset_selection) if request.asset_selection else None,
             partition_key=request.partition_key,
             raise_on_error=False,
         )

@@ -147,7 +147,21 @@ def test_failing_quizzes_fail_exactly_their_partitions_and_settle_partial_failur
     assert isinstance(settle, dg.SensorResult)
     [settle_request] = settle.run_requests
     assert list(settle_request.asset_selection) == [FRAMEWORK_ENTRY]
-    assert pipeline.execute(settle_request).success
+    settled = pipeline.execute(settle_request)
+    assert settled.success
+    # The settle run checks the content again, one evaluation per partition, each pointing at
+    # the materialization it judged (the failed quiz partitions have none to point at).
+    evaluations = [
+        e.event_specific_data
+        for e in settled.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        and e.event_specific_data.check_name == "content_valid"
+        and e.event_specific_data.partition
+    ]
+    assert len(evaluations) == 90
+    assert all(e.passed for e in evaluations)
+    unpointed = {e.partition for e in evaluations if e.target_materialization_data is None}
+    assert unpointed == {f"{ROADMAP}/{c}" for c in FAILING}
 
     task = task_row(pipeline, ROADMAP)
     assert task.status == TaskStatus.PARTIAL_FAILURE
