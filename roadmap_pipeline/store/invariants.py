@@ -21,6 +21,7 @@ as ``jsonb`` on PostgreSQL whether the column is ``json`` or ``jsonb``.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from pydantic import BaseModel
 from sqlalchemy import Connection, String, bindparam, text
 
 from roadmap_pipeline.store.activity import ActiveWork, WorkInProgress
+from roadmap_pipeline.store.schema import UNIQUENESS_INDEXES
 
 
 class Rule(StrEnum):
@@ -625,6 +627,33 @@ item_rows AS (
 # out keeps the rows they sort and join narrow.
 CURRENT_ROWS = f"{DELETED_ROADMAPS},\n{_ranked_rows('d.summary')}"
 
+# The same item_rows where the unique indexes hold (UNIQUENESS_INDEXES): at most one latest
+# tutorial, one resources row and one quiz row per concept, so the current row needs no ranking
+# (no sort of every row) and no row can have another claiming to be current.
+_CONSTRAINED_ROWS = f"""
+item_rows AS (
+    SELECT d.roadmap_id, d.concept_id, 'tutorial' AS item, CAST(d.tutorial_id AS TEXT) AS row_id,
+           d.content_url AS ref_a, 'v' || CAST(d.content_version AS TEXT) AS ref_b,
+           d.content_version AS number, CAST(NULL AS TEXT) AS summary, FALSE AS has_more
+    FROM tutorial_metadata d WHERE d.is_latest AND {_content_scope("d")}
+    UNION ALL
+    SELECT DISTINCT d.roadmap_id, d.concept_id, 'tutorial', CAST(NULL AS TEXT),
+           CAST(NULL AS TEXT), CAST(NULL AS TEXT), CAST(NULL AS INTEGER), CAST(NULL AS TEXT),
+           FALSE
+    FROM tutorial_metadata d
+    WHERE NOT d.is_latest AND {_content_scope("d")}
+      AND NOT EXISTS (SELECT 1 FROM tutorial_metadata l WHERE l.is_latest
+                      AND l.roadmap_id = d.roadmap_id AND l.concept_id = d.concept_id)
+    UNION ALL
+    SELECT d.roadmap_id, d.concept_id, 'resources', CAST(d.id AS TEXT),
+           CAST(d.resources_count AS TEXT), NULL, d.resources_count, NULL, FALSE
+    FROM resource_recommendation_metadata d WHERE {_content_scope("d")}
+    UNION ALL
+    SELECT d.roadmap_id, d.concept_id, 'quiz', CAST(d.quiz_id AS TEXT),
+           CAST(d.total_questions AS TEXT), NULL, d.total_questions, NULL, FALSE
+    FROM quiz_metadata d WHERE {_content_scope("d")}
+)"""
+
 # Does the id that framework_data references exist among the item's rows (current or not)? Only
 # asked when it differs from the current row's id (an index probe per such item).
 _REF_EXISTS = """CASE f.item
@@ -716,7 +745,7 @@ item_refs AS (
            {_per_item("'content_version'", "NULL", "NULL")} AS b_name
     FROM entries e CROSS JOIN ({_ITEMS}) AS k
 ),
-{_ranked_rows("CAST(NULL AS TEXT)")},
+{{item_rows}},
 item_checks AS ({{item_checks}}),
 item_findings AS (
     SELECT c.roadmap_id, c.concept_id, c.item, c.rule, c.has_more, {_ITEM_DETAIL} AS detail
@@ -808,9 +837,11 @@ _ITEM_CHECKS = {
 }
 
 
-def portable_sql(dialect: str) -> str:
-    """The CTEs shared by both dialects (after the document CTEs)."""
-    return _PORTABLE.replace("{item_checks}", _ITEM_CHECKS[dialect])
+def portable_sql(dialect: str, constrained: bool = False) -> str:
+    """The CTEs shared by both dialects (after the document CTEs); ``constrained``: the database
+    holds the unique indexes of invariant 3."""
+    rows = _CONSTRAINED_ROWS if constrained else _ranked_rows("CAST(NULL AS TEXT)")
+    return _PORTABLE.replace("{item_rows}", rows).replace("{item_checks}", _ITEM_CHECKS[dialect])
 
 
 # --- the rules -----------------------------------------------------------------------------------
@@ -825,7 +856,7 @@ RULE_SQL: dict[Rule, str] = {
     Rule.ITEM_NOT_MARKED: _item_rule(Rule.ITEM_NOT_MARKED),
     Rule.REF_MISSING: _item_rule(Rule.REF_MISSING),
     Rule.REF_MISMATCH: _item_rule(Rule.REF_MISMATCH),
-    Rule.MULTIPLE_CURRENT: f"""
+    Rule.MULTIPLE_CURRENT: f"""{{version_twice}}
 SELECT f.roadmap_id, f.concept_id, f.item, 'multiple_current',
        CAST(CASE f.item
             WHEN 'tutorial' THEN (SELECT COUNT(*) FROM tutorial_metadata x WHERE x.is_latest
@@ -836,13 +867,7 @@ SELECT f.roadmap_id, f.concept_id, f.item, 'multiple_current',
             ELSE (SELECT COUNT(*) FROM quiz_metadata x
                   WHERE x.roadmap_id = f.roadmap_id AND x.concept_id = f.concept_id)
             END AS TEXT) || '{LATEST_DUPLICATE}'
-FROM item_findings f WHERE f.has_more
-UNION ALL
-SELECT d.roadmap_id, d.concept_id, 'tutorial', 'multiple_current',
-       'version v' || CAST(d.content_version AS TEXT) || ' is stored '
-       || CAST(COUNT(*) AS TEXT) || ' times'
-FROM tutorial_metadata d WHERE {_content_scope("d")}
-GROUP BY d.roadmap_id, d.concept_id, d.content_version HAVING COUNT(*) > 1""",
+FROM item_findings f WHERE f.has_more""",
     Rule.ORPHAN_CONTENT: _item_rule(Rule.ORPHAN_CONTENT),
     Rule.TASK_STATUS_MISMATCH: """
 SELECT x.roadmap_id, NULL, NULL, 'task_status_mismatch',
@@ -897,15 +922,33 @@ def documents_sql(dialect: str) -> str:
     return documents.replace("{content_problems}", _CONTENT_PROBLEMS)
 
 
-def rules_statement(dialect: str, rules: Sequence[Rule] = tuple(Rule)) -> str:
+# A tutorial version stored twice; impossible where the unique indexes hold.
+_VERSION_TWICE = f"""
+SELECT d.roadmap_id, d.concept_id, 'tutorial', 'multiple_current',
+       'version v' || CAST(d.content_version AS TEXT) || ' is stored '
+       || CAST(COUNT(*) AS TEXT) || ' times'
+FROM tutorial_metadata d WHERE {_content_scope("d")}
+GROUP BY d.roadmap_id, d.concept_id, d.content_version HAVING COUNT(*) > 1
+UNION ALL"""
+
+
+def rules_statement(
+    dialect: str, rules: Sequence[Rule] = tuple(Rule), constrained: bool = False
+) -> str:
+    """One statement for ``rules``; ``constrained``: the database holds UNIQUENESS_INDEXES, so
+    duplicates it cannot hold are not looked for (the findings are the same)."""
+    version_twice = "" if constrained else _VERSION_TWICE
     body = "\nUNION ALL\n".join(
-        f"SELECT * FROM ({RULE_SQL[rule]}) AS {rule.value}" for rule in rules
+        f"SELECT * FROM ({RULE_SQL[rule].replace('{version_twice}', version_twice)}) "
+        f"AS {rule.value}"
+        for rule in rules
     )
     # A concept's scope holds exactly the fleet's violations about that concept: roadmap-level
     # findings (the task, the document's shape) belong to the roadmap, and a task outcome computed
     # from one concept's items would be wrong anyway.
     return (
-        f"WITH {DELETED_ROADMAPS},\n{documents_sql(dialect)},\n{portable_sql(dialect)},\n"
+        f"WITH {DELETED_ROADMAPS},\n{documents_sql(dialect)},\n"
+        f"{portable_sql(dialect, constrained)},\n"
         f"found (roadmap_id, concept_id, item, rule, detail) AS (\n{body}\n)\n"
         f"SELECT * FROM found WHERE {CONCEPT_IN_SCOPE.format(col='found.concept_id')}"
     )
@@ -914,10 +957,31 @@ def rules_statement(dialect: str, rules: Sequence[Rule] = tuple(Rule)) -> str:
 _JIT_OFF = text("SELECT set_config('jit', 'off', true), set_config('enable_memoize', 'off', true)")
 
 
-def _statement(dialect: str, rules: Sequence[Rule]) -> Any:
-    return text(rules_statement(dialect, rules)).bindparams(
+@functools.lru_cache(maxsize=64)
+def _statement(dialect: str, rules: tuple[Rule, ...], constrained: bool) -> Any:
+    return text(rules_statement(dialect, rules, constrained)).bindparams(
         bindparam("roadmap_ids", expanding=True, type_=String)
     )
+
+
+_UNIQUENESS_SQL = {
+    "postgresql": text(
+        "SELECT COUNT(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE c.relnamespace = CAST(current_schema() AS regnamespace) "
+        "AND i.indisunique AND i.indisvalid AND c.relname IN :names"
+    ).bindparams(bindparam("names", expanding=True)),
+    "sqlite": text(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN :names"
+    ).bindparams(bindparam("names", expanding=True)),
+}
+
+
+def enforces_uniqueness(conn: Connection) -> bool:
+    """Whether the database holds every unique index of invariant 3 (valid, on PostgreSQL)."""
+    found = conn.execute(
+        _UNIQUENESS_SQL[conn.dialect.name], {"names": list(UNIQUENESS_INDEXES)}
+    ).scalar_one()
+    return int(found) == len(UNIQUENESS_INDEXES)
 
 
 def find_violations(
@@ -932,7 +996,8 @@ def find_violations(
         # to JIT-compile several hundred functions: 0.3-0.6 s per call, far more than the query
         # itself for one roadmap, and no gain for the fleet (measured). Off for this transaction.
         conn.execute(_JIT_OFF)
-    rows = conn.execute(_statement(conn.dialect.name, rules), scope.params()).all()
+    statement = _statement(conn.dialect.name, tuple(rules), enforces_uniqueness(conn))
+    rows = conn.execute(statement, scope.params()).all()
     candidates = [
         Violation(roadmap_id=r[0], concept_id=r[1], item=r[2], rule=r[3], detail=r[4]) for r in rows
     ]

@@ -42,6 +42,15 @@ Document = JSON().with_variant(JSONB(), "postgresql")
 ID_LENGTH = 255
 
 
+# The unique indexes that enforce invariant 3 in a database roadmap_pipeline created or upgraded.
+# Where all of them exist, the rules need not look for duplicates the database cannot hold.
+UQ_TUTORIAL_VERSION = "uq_tutorial_metadata_roadmap_id_concept_id_content_version"
+UQ_TUTORIAL_LATEST = "uq_tutorial_metadata_latest"
+UQ_RESOURCES = "uq_resource_recommendation_metadata_roadmap_id_concept_id"
+UQ_QUIZ = "uq_quiz_metadata_roadmap_id_concept_id"
+UNIQUENESS_INDEXES = (UQ_TUTORIAL_VERSION, UQ_TUTORIAL_LATEST, UQ_RESOURCES, UQ_QUIZ)
+
+
 def utcnow() -> datetime:
     """Naive UTC, as the service's timestamp columns are naive."""
     return datetime.now(UTC).replace(tzinfo=None)
@@ -106,7 +115,7 @@ class TutorialMetadata(Base):
     __table_args__ = (
         Index(None, "roadmap_id", "concept_id"),
         Index(
-            "uq_tutorial_metadata_roadmap_id_concept_id_content_version",
+            UQ_TUTORIAL_VERSION,
             "roadmap_id",
             "concept_id",
             "content_version",
@@ -114,7 +123,7 @@ class TutorialMetadata(Base):
         ),
         # At most one latest version per concept (invariant 3).
         Index(
-            "uq_tutorial_metadata_latest",
+            UQ_TUTORIAL_LATEST,
             "roadmap_id",
             "concept_id",
             unique=True,
@@ -137,7 +146,7 @@ class ResourceRecommendationMetadata(Base):
 
     __table_args__ = (
         Index(
-            "uq_resource_recommendation_metadata_roadmap_id_concept_id",
+            UQ_RESOURCES,
             "roadmap_id",
             "concept_id",
             unique=True,
@@ -158,9 +167,7 @@ class QuizMetadata(Base):
     hard_count: Mapped[int] = mapped_column(Integer, default=0)
     generated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
-    __table_args__ = (
-        Index("uq_quiz_metadata_roadmap_id_concept_id", "roadmap_id", "concept_id", unique=True),
-    )
+    __table_args__ = (Index(UQ_QUIZ, "roadmap_id", "concept_id", unique=True),)
 
 
 class TutorialObject(Base):

@@ -607,3 +607,56 @@ def test_a_quiz_with_several_bad_questions_names_the_first_and_counts_the_rest(
     assert [v.detail for v in found] == [
         f'row {row}: question #2: correct_answer ["b"] does not index its 4 options (and 2 more)'
     ]
+
+
+def test_the_constrained_statement_finds_what_the_general_one_finds(engine: Engine) -> None:
+    from sqlalchemy import String, bindparam, text
+
+    from roadmap_pipeline.store.database import connect
+    from roadmap_pipeline.store.invariants import enforces_uniqueness, rules_statement
+
+    complete_roadmap(engine, RID, 4, task=True)
+    execute(engine, "DELETE FROM quiz_metadata WHERE concept_id = :c", c=cid(2))
+    set_key(engine, cid(3), "content_status", "pending")
+    set_key(engine, cid(4), "resources_count", 42)
+    execute(
+        engine,
+        "UPDATE tutorial_metadata SET is_latest = :no WHERE concept_id = :c",
+        no=False,
+        c=cid(1),
+    )  # versions, none of them latest
+    execute(
+        engine,
+        "INSERT INTO quiz_metadata (quiz_id, roadmap_id, concept_id, questions, total_questions, "
+        "easy_count, medium_count, hard_count, generated_at) "
+        "VALUES ('orphan-quiz', :r, 'ghost', '[]', 0, 0, 0, 0, :t)",
+        r=RID,
+        t=utcnow(),
+    )
+
+    with connect(engine) as conn:
+        assert enforces_uniqueness(conn)
+        results = []
+        for constrained in (True, False):
+            statement = text(
+                rules_statement(conn.dialect.name, list(Rule), constrained)
+            ).bindparams(bindparam("roadmap_ids", expanding=True, type_=String))
+            rows = conn.execute(statement, Scope.fleet().params())
+            results.append(sorted((tuple(r) for r in rows), key=repr))
+
+    assert results[0] == results[1]
+    assert {r[3] for r in results[0]} >= {
+        "ref_missing",
+        "item_not_marked",
+        "ref_mismatch",
+        "orphan_content",
+        "task_status_mismatch",
+    }
+
+
+def test_an_adopted_database_is_checked_for_duplicates(adopted: Engine) -> None:
+    from roadmap_pipeline.store.database import connect
+    from roadmap_pipeline.store.invariants import enforces_uniqueness
+
+    with connect(adopted) as conn:
+        assert not enforces_uniqueness(conn)
