@@ -35,6 +35,17 @@ browser-deps:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
 	}
 
+# `dagster dev` on 127.0.0.1:3000 over the embedded default (what `make demo` left), or over
+# Postgres (ROADMAP_DATABASE_URL, DAGSTER_POSTGRES_URL; see the README).
+dev: $(STAMP)
+	$(BIN)/roadmap-pipeline dev
+
+dev-postgres: $(STAMP)
+	$(BIN)/roadmap-pipeline dev --postgres
+
+validate: $(STAMP)
+	$(BIN)/dagster definitions validate -m roadmap_pipeline.definitions
+
 lint: $(STAMP)
 	$(BIN)/ruff check roadmap_pipeline roadmap_pipeline_tests benchmarks
 	$(BIN)/ruff format --check roadmap_pipeline roadmap_pipeline_tests benchmarks

@@ -13,7 +13,9 @@ input the operator must fix.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,6 @@ from sqlalchemy import Engine
 
 from roadmap_pipeline.domain.framework import Framework, FrameworkError, validate_submission
 from roadmap_pipeline.domain.keys import UnsafeIdError, short_concept_id
-from roadmap_pipeline.samples import load_demo
 from roadmap_pipeline.store.activity import NothingRunning, WorkInProgress
 from roadmap_pipeline.store.database import (
     DatabaseUnavailable,
@@ -78,7 +79,6 @@ INPUT_ERRORS: tuple[type[Exception], ...] = (
     IncompleteDatabase,
 )
 PROGRESS_MIN = 10  # show a progress bar from this many files or roadmaps on
-DEMO_HOME = ".roadmap_pipeline"
 
 
 class OperatorError(click.ClickException):
@@ -103,6 +103,7 @@ class Session:
 
     url: str
     _engine: Engine | None = None
+    _instance: Any = None
 
     def engine(self, *, create: bool = False) -> Engine:
         """The reachable database. Without ``create`` it must already hold the service's tables
@@ -137,13 +138,33 @@ class Session:
         return safe_url(self.url)
 
     def activity(self) -> WorkInProgress:
-        """Who answers "is work for this item queued or running?" (invariant 5)."""
-        return NothingRunning()
+        """Who answers "is work for this item queued or running?" (invariant 5): Dagster's run
+        status when ``DAGSTER_HOME`` points at an instance, else nothing is taken to run."""
+        instance = self.instance()
+        if instance is None:
+            return NothingRunning()
+        from roadmap_pipeline.orchestration.activity import DagsterActivity
+
+        return DagsterActivity(instance)
+
+    def instance(self) -> Any:
+        """The Dagster instance of ``DAGSTER_HOME``, or None when there is none."""
+        home = os.environ.get("DAGSTER_HOME")
+        if not home or not (Path(home) / "dagster.yaml").exists():
+            return None
+        if self._instance is None:
+            import dagster as dg
+
+            self._instance = dg.DagsterInstance.from_config(home)
+        return self._instance
 
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+        if self._instance is not None:
+            self._instance.dispose()
+            self._instance = None
 
 
 pass_session = click.make_pass_decorator(Session)
@@ -453,31 +474,111 @@ def _print_task_changes(console: Console, report: RepairReport, verb: str) -> No
 
 @main.command()
 def demo() -> None:
-    """Load the bundled samples (the incident among them) into an embedded database under
-    ./.roadmap_pipeline/, then verify and repair. Rerunning starts from the same state."""
-    run_demo(_out(), Path.cwd() / DEMO_HOME)
+    """The main job on the embedded default, end to end: the bundled samples (the incident
+    among them) submitted, generated offline (two quizzes fail on purpose), settled and checked,
+    under ./.roadmap_pipeline/ (reset on every run); `make dev` then shows it in the UI."""
+    import warnings
+
+    from roadmap_pipeline.demo import run_demo
+
+    warnings.filterwarnings("ignore")  # Dagster's beta/preview notices: not for this report
+    run_demo(_out(), Path.cwd())
 
 
-def run_demo(console: Console, home: Path) -> None:
-    database = home / "demo.db"
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(f"{database}{suffix}").unlink(missing_ok=True)  # the demo always starts afresh
-    engine = create_store_engine(f"sqlite:///{database}")
-    try:
-        init_db(engine)
-        console.print(f"demo database: {database} (reset on every run)")
-        for sample in load_demo(engine):
-            console.print(f"  {sample.roadmap_id} ({sample.concepts} concepts): {sample.state}")
-        activity = NothingRunning()
-        console.rule("verify")
+@main.command()
+@click.option("--postgres", is_flag=True, help="Postgres storage (dagster.yaml) and data.")
+@click.option("--port", default=3000, show_default=True)
+def dev(postgres: bool, port: int) -> None:
+    """Start `dagster dev` on 127.0.0.1 against the embedded default (./.roadmap_pipeline/)
+    or, with --postgres, against ROADMAP_DATABASE_URL and DAGSTER_POSTGRES_URL."""
+    from roadmap_pipeline import environment as env
+    from roadmap_pipeline.demo import EmbeddedPaths, prepare_embedded
+
+    process_env = dict(os.environ)
+    if postgres:
+        for name in (env.DATABASE_URL, "DAGSTER_POSTGRES_URL"):
+            if not process_env.get(name):
+                raise OperatorError(f"--postgres needs {name} (see the README)")
+        process_env["DAGSTER_HOME"] = str(Path(__file__).resolve().parent.parent)
+    else:
+        paths = EmbeddedPaths(Path.cwd())
+        prepare_embedded(paths, reset=False)
+        process_env.setdefault("DAGSTER_HOME", str(paths.dagster_home))
+    env.with_defaults(process_env, Path.cwd())
+    if not (Path(process_env["DAGSTER_HOME"]) / "dagster.yaml").exists():
+        raise OperatorError(f"no dagster.yaml in DAGSTER_HOME={process_env['DAGSTER_HOME']}")
+    command = [
+        str(Path(sys.executable).with_name("dagster")),
+        "dev",
+        "-m",
+        "roadmap_pipeline.definitions",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    _err().print(
+        f"dagster dev on http://127.0.0.1:{port} (DAGSTER_HOME={process_env['DAGSTER_HOME']}, "
+        f"database {safe_url(process_env[env.DATABASE_URL])})"
+    )
+    os.execve(command[0], command, process_env)  # noqa: S606 - our venv's dagster, fixed args
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("roadmap_id", required=False)
+@pass_session
+def status(session: Session, roadmap_id: str | None) -> None:
+    """The fleet, or one roadmap: per item type the concepts completed, failed and pending; the
+    failed concepts and why; the task; the last check results (from Dagster when DAGSTER_HOME
+    is set, else evaluated now)."""
+    from roadmap_pipeline.status import gather
+
+    engine = session.engine()
+    if roadmap_id is not None:
         with connect(engine) as conn:
-            violations = find_violations(conn, Scope.fleet(), activity)
-        console.print(f"activity: {activity.describe()}")
-        print_violations(console, violations, limit=5, activity=activity)
-        console.rule("repair")
-        print_repair(console, repair(engine, Scope.fleet(), activity), limit=5)
-    finally:
-        engine.dispose()
+            require_roadmaps(conn, [roadmap_id])
+    roadmaps, fleet = gather(engine, roadmap_id, session.activity(), session.instance())
+    console = _out()
+    console.print(f"database: {session.display_url}")
+    totals = _table("items per type (concepts)", "item", "completed", "failed", "pending")
+    for item in ("tutorial", "resources", "quiz"):
+        counts: list[Mapping[str, int]] = [r.counts.get(item, {}) for r in roadmaps]
+        totals.add_row(
+            item,
+            *(str(sum(c.get(k, 0) for c in counts)) for k in ("completed", "failed", "pending")),
+        )
+    console.print(totals)
+    table = _table("roadmaps", "roadmap", "task", "status", "step", "failed concepts", "checks")
+    for r in roadmaps:
+        checks = "; ".join(f"{name}: {result}" for name, result in r.checks.items())
+        table.add_row(
+            r.roadmap_id,
+            (r.task_id or "-")[:8],
+            r.task_status or "-",
+            r.task_step or "-",
+            str(len(r.failed)),
+            checks or "-",
+        )
+    console.print(table)
+    failed = _table("failed concepts", "roadmap", "concept", "items", "reason")
+    shown = 0
+    for r in roadmaps:
+        for concept_id, items in sorted(r.failed.items()):
+            reason = "; ".join(r.reasons.get(f"{concept_id} {i}", "") for i in items).strip("; ")
+            failed.add_row(
+                r.roadmap_id,
+                short_concept_id(r.roadmap_id, concept_id),
+                "/".join(items),
+                reason or "-",
+            )
+            shown += 1
+    if shown:
+        console.print(failed)
+    for name, result in fleet.items():
+        console.print(f"{name}: {result}")
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -271,16 +271,73 @@ def test_the_default_database_is_a_file_in_the_working_directory(tmp_path: Path)
     assert "database is up to date" in again.stdout
 
 
-def test_the_demo_finds_and_fixes_the_incident_and_can_be_rerun(tmp_path: Path) -> None:
+def test_the_demo_runs_the_main_job_end_to_end_and_can_be_rerun(tmp_path: Path) -> None:
     runner = CliRunner()
     with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:
         first = runner.invoke(main, ["demo"], env={"COLUMNS": "250"})
         second = runner.invoke(main, ["demo"], env={"COLUMNS": "250"})
-        assert (Path(cwd) / ".roadmap_pipeline" / "demo.db").exists()
+        home = Path(cwd) / ".roadmap_pipeline"
+        assert (home / "roadmap_pipeline.db").exists()
+        assert (home / "dagster_home" / "dagster.yaml").exists()
+        assert any((home / "dagster_home").iterdir())
 
-    assert first.exit_code == 0, first.output
-    assert second.stdout == first.stdout
-    assert "item_not_marked 81" in first.stdout
-    assert "zombie_status 10" in first.stdout
-    assert "processing -> partial_failure" in first.stdout
-    assert "left: no violations" in first.stdout
+    for result in (first, second):
+        assert result.exit_code == 0, result.output
+        before, after = result.stdout.split("after: tasks and items")
+        # Before: the incident, as the fleet check sees it.
+        assert "item_not_marked 81, zombie_status 10" in before
+        # After: the incident adopted and completed, one roadmap completed, one partial failure
+        # naming the two quizzes injected to fail, and a consistent fleet.
+        rows = {
+            line.split()[0]: line.split()[2:]
+            for line in after.splitlines()
+            if line.strip().startswith(("agent-", "dagster-", "sql-"))
+        }
+        assert rows["agent-performance-tuning-x5y9z2w8"][:3] == ["completed", "90", "0"]
+        assert rows["dagster-essentials-m2n8p5"][:3] == ["completed", "60", "0"]
+        assert rows["sql-for-analysts-q4r7t1"][:4] == ["partial_failure", "52", "2", "c11,"]
+        assert "consistent: no violation in the fleet" in after
+        assert "make dev" in after
+
+
+def test_status_shows_counts_failed_concepts_with_their_reason_and_the_last_checks(
+    tmp_path: Path,
+) -> None:
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:
+        assert runner.invoke(main, ["demo"]).exit_code == 0
+        home = Path(cwd) / ".roadmap_pipeline"
+        env = {
+            "COLUMNS": "250",
+            "ROADMAP_DATABASE_URL": f"sqlite:///{home / 'roadmap_pipeline.db'}",
+            "DAGSTER_HOME": str(home / "dagster_home"),
+        }
+        fleet = runner.invoke(main, ["status"], env=env)
+        one = runner.invoke(main, ["status", "sql-for-analysts-q4r7t1"], env=env)
+        unknown = runner.invoke(main, ["status", "no-such-roadmap"], env=env)
+
+    assert fleet.exit_code == 0, fleet.output
+    totals = {
+        line.split()[0]: line.split()[1:4]
+        for line in fleet.stdout.splitlines()
+        if line.strip().startswith(("tutorial ", "resources ", "quiz "))
+    }
+    assert totals == {
+        "tutorial": ["68", "0", "0"],
+        "resources": ["68", "0", "0"],
+        "quiz": ["66", "2", "0"],
+    }
+    assert "fleet_consistency: passed" in fleet.stdout
+    assert one.exit_code == 0, one.output
+    assert "partial_failure" in one.stdout
+    for concept in ("c5", "c11"):
+        line = next(
+            row
+            for row in one.stdout.splitlines()
+            if row.split()[:2] == ["sql-for-analysts-q4r7t1", concept]
+        )
+        assert "injected permanent fault" in line
+    assert "roadmap_complete: failed 2 failed item(s)" in one.stdout
+    assert "roadmap_consistent: passed" in one.stdout
+    assert unknown.exit_code == 2
+    assert "no-such-roadmap" in unknown.stderr

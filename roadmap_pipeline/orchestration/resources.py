@@ -31,6 +31,14 @@ _ENGINES: dict[tuple[str, int, float], Engine] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
+def dispose_engines() -> None:
+    """Close this process's pools (a long-lived process that is done with a database)."""
+    with _ENGINES_LOCK:
+        for engine in _ENGINES.values():
+            engine.dispose()
+        _ENGINES.clear()
+
+
 class RoadmapDatabase(dg.ConfigurableResource):
     """The service's tables (content, framework_data, tasks): SQLite or PostgreSQL."""
 
