@@ -8,6 +8,7 @@ key stands for the whole roadmap, a concept key for one concept.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import dagster as dg
@@ -17,6 +18,10 @@ from roadmap_pipeline.domain.keys import split_concept_key
 from roadmap_pipeline.orchestration.partitions import CONCEPTS, ROADMAPS
 from roadmap_pipeline.orchestration.run_history import run_keys
 from roadmap_pipeline.store.activity import ActiveWork
+
+# Dagster's run retries relaunch a failed run within seconds; a promised retry that has not
+# appeared after this long is taken to be lost (the run no longer counts as queued work).
+RETRY_PROMISE_S = 120.0
 
 ACTIVE_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
@@ -45,8 +50,20 @@ class DagsterActivity:
                 statuses=[dg.DagsterRunStatus.FAILURE], tags={WILL_RETRY_TAG: "true"}
             )
         )
-        runs += [r for r in failed if r.is_complete_and_waiting_to_retry]
+        now = time.time()
+        runs += [
+            r
+            for r in failed
+            if r.is_complete_and_waiting_to_retry
+            and now - self._end_time(r.run_id) < RETRY_PROMISE_S
+        ]
         return [r for r in runs if r.run_id != self._exclude]
+
+    def _end_time(self, run_id: str) -> float:
+        record = self._instance.get_run_record_by_id(run_id)
+        if record is None:
+            return 0.0
+        return float(record.end_time or record.update_timestamp.timestamp())
 
     def active(self, roadmap_ids: Iterable[str] | None) -> ActiveWork:
         wanted = None if roadmap_ids is None else set(roadmap_ids)

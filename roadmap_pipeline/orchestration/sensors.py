@@ -102,6 +102,7 @@ def intake_sensor(interval_s: int = 10) -> dg.SensorDefinition:
             candidates = intake_candidates(conn, registered | rejected, INTAKE_BATCH)
         if not candidates:
             return dg.SkipReason("no pending creation task and no unregistered roadmap")
+        ensure_pools(instance)
         concept_order = list(instance.get_dynamic_partitions(CONCEPTS.name or ""))
         partition_requests: list[dg.AddDynamicPartitionsRequest] = []
         run_requests: list[dg.RunRequest] = []
@@ -156,6 +157,25 @@ def intake_sensor(interval_s: int = 10) -> dg.SensorDefinition:
         )
 
     return roadmap_intake
+
+
+POOLS = ("llm", "database")
+
+
+def ensure_pools(instance: dg.DagsterInstance) -> None:
+    """Create the pools' limit rows (the instance's default limit) before any run needs them.
+
+    Dagster creates a pool's row when a step first claims it; two runs doing that at the same
+    moment collide on the row's unique key and one of them fails (seen with dagster-postgres
+    1.13). The intake sensor runs before the runs it launches, one tick at a time.
+    """
+    storage: Any = instance.event_log_storage
+    if not getattr(storage, "supports_global_concurrency_limits", False):
+        return
+    configured = set(storage.get_concurrency_keys())
+    for pool in POOLS:
+        if pool not in configured:
+            storage.initialize_concurrency_limit_to_default(pool)
 
 
 def missing_items(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -200,12 +201,16 @@ def dagster_deployment(
         yield deployment
     finally:
         for process in deployment.processes:
-            process.terminate()
+            _signal_group(process, signal.SIGTERM)
         for process in deployment.processes:
             try:
                 process.wait(30)
             except subprocess.TimeoutExpired:
-                process.kill()
+                _signal_group(process, signal.SIGKILL)
+        for process in deployment.processes:
+            # The daemon's and webserver's code servers and run workers are in their session:
+            # none may outlive the deployment (they hold connections and memory).
+            _signal_group(process, signal.SIGKILL)
         if hasattr(deployment, "_instance"):
             deployment._instance.dispose()
         with psycopg.connect(storage_base, autocommit=True) as conn:
@@ -213,12 +218,25 @@ def dagster_deployment(
         shutil.rmtree(home, ignore_errors=True)
 
 
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
 def _start(
     command: list[str], cwd: Path, process_env: dict[str, str], name: str
 ) -> subprocess.Popen[bytes]:
     log = (cwd / f"{name}.log").open("wb")
-    # The command is our own venv's dagster executable with fixed arguments.
-    return subprocess.Popen(command, cwd=cwd, env=process_env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+    # The command is our own venv's dagster executable with fixed arguments; a session of its
+    # own puts it and everything it starts in one process group.
+    return subprocess.Popen(  # noqa: S603
+        command,
+        cwd=cwd,
+        env=process_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _listening(port: int | None) -> bool:
