@@ -14,7 +14,7 @@ import dagster as dg
 from sqlalchemy import Engine, select
 
 from roadmap_pipeline.domain.keys import UnsafeIdError, concept_key
-from roadmap_pipeline.domain.statuses import ItemStatus, ItemType
+from roadmap_pipeline.domain.statuses import ItemStatus
 from roadmap_pipeline.orchestration.keys import (
     FLEET_CHECK_KEY,
     FRAMEWORK_DATA,
@@ -153,6 +153,3 @@ def _failure_reasons(instance: dg.DagsterInstance, status: RoadmapStatus) -> dic
         if len(reasons) == len(wanted):
             break
     return reasons
-
-
-ITEM_ORDER = [item.value for item in ItemType]

@@ -23,7 +23,7 @@ from typing import Any
 import dagster as dg
 
 from roadmap_pipeline.domain.framework import FrameworkError, load_framework
-from roadmap_pipeline.domain.keys import UnsafeIdError, concept_key
+from roadmap_pipeline.domain.keys import UnsafeIdError
 from roadmap_pipeline.domain.statuses import ITEM_FIELDS, ItemType
 from roadmap_pipeline.generation.locks import locks_for
 from roadmap_pipeline.generation.workflow import ConceptOutcome, ConceptWorkflow, run_concepts
@@ -372,11 +372,6 @@ def framework_data(
     except UnknownRoadmap as exc:
         raise dg.Failure(str(exc), allow_retries=False) from None
     return dg.MaterializeResult(metadata=roll_up_metadata(report))
-
-
-def concept_keys_of(document: Any) -> list[str]:
-    framework = load_framework(document)
-    return [concept_key(framework.roadmap_id, c.concept_id) for c in framework.concepts()]
 
 
 roadmap_fleet = dg.AssetSpec(

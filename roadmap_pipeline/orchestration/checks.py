@@ -54,8 +54,6 @@ from roadmap_pipeline.store.invariants import (
 )
 from roadmap_pipeline.store.readers import resolve_concept_keys
 
-DETAIL_ROWS = 20
-
 _NEEDS_HUMAN = (
     "Needs a human (rematerializing does not fix it): invalid_content (regenerate the item: "
     "rematerialize its partition, or correct the row), orphan_content and duplicate "

@@ -111,11 +111,11 @@ def test_sigkill_of_run_workers_at_random_moments_loses_and_duplicates_nothing(
     idle_since = time.monotonic()
     while len(kills) < KILLS:
         if not roadmaps or all_settled(engine, roadmaps):
-            for _ in range(2):
+            for _ in range(3):
                 roadmap_id = f"kill-r{len(roadmaps) + 1}"
                 submit_roadmap(engine, synthetic_framework(roadmap_id, CONCEPTS))
                 roadmaps.append(roadmap_id)
-        time.sleep(chooser.uniform(1.0, 3.5))
+        time.sleep(chooser.uniform(0.5, 2.0))
         running = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
         candidates = [(r.run_id, run_worker_pid(instance, r.run_id)) for r in running]
         candidates = [(run_id, pid) for run_id, pid in candidates if pid and alive(pid)]

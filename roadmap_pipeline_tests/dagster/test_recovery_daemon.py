@@ -197,7 +197,7 @@ def test_permanent_failures_end_partial_failure_then_a_ui_backfill_completes_the
         return "3" in attempts and finished and task is not None and task.status in TERMINAL
 
     wait_for(capped, 300, 2, "the retries to reach their cap")
-    time.sleep(20)  # two retry ticks: past the cap nothing is launched any more
+    time.sleep(8)  # two retry ticks (every 3 s): past the cap nothing is launched any more
     runs = instance.get_runs(filters=dg.RunsFilter(tags={"roadmap_pipeline/roadmap": PERMANENT}))
     assert max(int(r.tags.get(ATTEMPT_TAG, "1")) for r in runs) == 3
     task = task_of(engine, PERMANENT)
