@@ -21,7 +21,14 @@ from roadmap_pipeline.orchestration.keys import (
 from roadmap_pipeline.orchestration.resources import RoadmapDatabase
 from roadmap_pipeline.store.changes import roadmaps_changed_since
 from roadmap_pipeline.store.database import connect
-from roadmap_pipeline.store.invariants import Scope, Violation, find_violations
+from roadmap_pipeline.store.invariants import (
+    Violation,
+    find_fleet_violations,
+)
+
+# A full pass checks the fleet in this many slices at once, one connection each (within the
+# resource's pool), all in one snapshot: on this 2-core server that halves the pass.
+FULL_PASS_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -85,18 +92,18 @@ def evaluate_fleet(
         or now - last_full >= timedelta(hours=full_pass_every_hours)
         or bool(previous and previous.get("violators_truncated"))
     )
-    with connect(database.get_engine()) as conn:
-        if force_full_pass or due or previous is None:
-            violations = find_violations(conn, Scope.fleet(), activity)
-            return FleetResult("full", violations, None, None, now.isoformat(), now.isoformat())
+    engine = database.get_engine()
+    workers = max(1, min(FULL_PASS_WORKERS, database.pool_size))
+    if force_full_pass or due or previous is None:
+        violations = find_fleet_violations(engine, activity, workers=workers)
+        return FleetResult("full", violations, None, None, now.isoformat(), now.isoformat())
+    with connect(engine) as conn:
         # checked_at is when the previous pass started reading: rows written while it read are
         # newer than that, so nothing slips between two passes.
         since = _parse(previous.get("checked_at")) or now
         changed = roadmaps_changed_since(conn, since) | _roadmaps_with_events(instance, since)
-        changed |= set(previous.get("violating_roadmap_ids") or [])
-        violations = (
-            find_violations(conn, Scope.roadmaps(sorted(changed)), activity) if changed else []
-        )
+    changed |= set(previous.get("violating_roadmap_ids") or [])
+    violations = find_fleet_violations(engine, activity, workers=workers, roadmap_ids=changed)
     return FleetResult(
         "incremental",
         violations,

@@ -51,6 +51,44 @@ UQ_QUIZ = "uq_quiz_metadata_roadmap_id_concept_id"
 UNIQUENESS_INDEXES = (UQ_TUTORIAL_VERSION, UQ_TUTORIAL_LATEST, UQ_RESOURCES, UQ_QUIZ)
 
 
+# Invariant 7 (content validity) as a row function per content table (PostgreSQL; created by
+# migration 0005 from store.invariants, which owns the rule) and a partial index over the rows it
+# finds invalid. The database keeps that index current on every write, so the fleet check reads
+# the (few) invalid rows from it instead of parsing every document. A changed rule is a new
+# function under a new name and a new index, never a replaced body under an index built with the
+# old one.
+QUIZ_CHECK_FUNCTION = "roadmap_pipeline_quiz_invalid_v1"
+RESOURCES_CHECK_FUNCTION = "roadmap_pipeline_resources_invalid_v1"
+QUIZ_CHECK_ARGS = ("questions", "total_questions", "easy_count", "medium_count", "hard_count")
+RESOURCES_CHECK_ARGS = ("resources", "resources_count")
+IX_QUIZ_INVALID = "ix_quiz_metadata_invalid_v1"
+IX_RESOURCES_INVALID = "ix_resource_recommendation_metadata_invalid_v1"
+CONTENT_CHECK_INDEXES = (IX_QUIZ_INVALID, IX_RESOURCES_INVALID)
+# Each item's current-row fields in index order (index-only scans for the fleet check: the rows
+# it joins to framework_data without reading the documents' heap pages, already sorted).
+IX_RESOURCES_CURRENT = "ix_resource_recommendation_metadata_current"
+IX_QUIZ_CURRENT = "ix_quiz_metadata_current"
+IX_TUTORIAL_CURRENT = "ix_tutorial_metadata_current"
+IX_TUTORIAL_NOT_LATEST = "ix_tutorial_metadata_not_latest"
+
+
+def content_check_call(function: str, args: tuple[str, ...], alias: str = "") -> str:
+    """``function(col, ...)``: the partial index's predicate, and the fleet statement's filter."""
+    prefix = f"{alias}." if alias else ""
+    return f"{function}({', '.join(prefix + a for a in args)})"
+
+
+def _invalid_rows_index(name: str, function: str, args: tuple[str, ...]) -> Index:
+    # SQLite has no such function: there the index exists (the schema is one for both dialects)
+    # and holds no row.
+    return Index(
+        name,
+        "roadmap_id",
+        postgresql_where=text(content_check_call(function, args)),
+        sqlite_where=text("0"),
+    )
+
+
 def utcnow() -> datetime:
     """Naive UTC, as the service's timestamp columns are naive."""
     return datetime.now(UTC).replace(tzinfo=None)
@@ -80,7 +118,11 @@ class RoadmapTask(Base):
     failed_concepts: Mapped[Any | None] = mapped_column(JSON)
     execution_summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
-    __table_args__ = (Index(None, "roadmap_id", "created_at"), Index(None, "status"))
+    __table_args__ = (
+        Index(None, "roadmap_id", "created_at"),
+        Index(None, "status"),
+        Index(None, "updated_at"),  # what changed since the last fleet pass (store.changes)
+    )
 
 
 class RoadmapMetadata(Base):
@@ -95,6 +137,8 @@ class RoadmapMetadata(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime)
     deleted_by: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+
+    __table_args__ = (Index(None, "created_at"), Index(None, "deleted_at"))
 
 
 class TutorialMetadata(Base):
@@ -130,6 +174,24 @@ class TutorialMetadata(Base):
             postgresql_where=text("is_latest"),
             sqlite_where=text("is_latest"),
         ),
+        Index(
+            IX_TUTORIAL_CURRENT,
+            "roadmap_id",
+            "concept_id",
+            "tutorial_id",
+            "content_version",
+            "content_url",
+            postgresql_where=text("is_latest"),
+            sqlite_where=text("is_latest"),
+        ),
+        Index(
+            IX_TUTORIAL_NOT_LATEST,
+            "roadmap_id",
+            "concept_id",
+            postgresql_where=text("NOT is_latest"),
+            sqlite_where=text("NOT is_latest"),
+        ),
+        Index(None, "generated_at"),
     )
 
 
@@ -151,6 +213,9 @@ class ResourceRecommendationMetadata(Base):
             "concept_id",
             unique=True,
         ),
+        Index(IX_RESOURCES_CURRENT, "roadmap_id", "concept_id", "id", "resources_count"),
+        _invalid_rows_index(IX_RESOURCES_INVALID, RESOURCES_CHECK_FUNCTION, RESOURCES_CHECK_ARGS),
+        Index(None, "generated_at"),
     )
 
 
@@ -167,7 +232,12 @@ class QuizMetadata(Base):
     hard_count: Mapped[int] = mapped_column(Integer, default=0)
     generated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
-    __table_args__ = (Index(UQ_QUIZ, "roadmap_id", "concept_id", unique=True),)
+    __table_args__ = (
+        Index(UQ_QUIZ, "roadmap_id", "concept_id", unique=True),
+        Index(IX_QUIZ_CURRENT, "roadmap_id", "concept_id", "quiz_id", "total_questions"),
+        _invalid_rows_index(IX_QUIZ_INVALID, QUIZ_CHECK_FUNCTION, QUIZ_CHECK_ARGS),
+        Index(None, "generated_at"),
+    )
 
 
 class TutorialObject(Base):

@@ -60,7 +60,10 @@ def deployment(data_url: str, calls: Path) -> Iterator[Deployment]:
             "ROADMAP_FAULTS": "",
             "ROADMAP_TEST_CALL_LOG": str(calls),
             "ROADMAP_TEST_DELAY_MS": "250",
-            "ROADMAP_TEST_CONCURRENCY": "2",
+            # One item in flight per run: a SIGKILL then interrupts at most one generator call,
+            # which is what "at most one item redone per kill" measures. Three roadmaps' runs
+            # still generate at the same time.
+            "ROADMAP_TEST_CONCURRENCY": "1",
         },
     ) as deployment:
         yield deployment
@@ -110,12 +113,13 @@ def test_sigkill_of_run_workers_at_random_moments_loses_and_duplicates_nothing(
     started = time.monotonic()
     idle_since = time.monotonic()
     while len(kills) < KILLS:
-        if not roadmaps or all_settled(engine, roadmaps):
-            for _ in range(3):
-                roadmap_id = f"kill-r{len(roadmaps) + 1}"
-                submit_roadmap(engine, synthetic_framework(roadmap_id, CONCEPTS))
-                roadmaps.append(roadmap_id)
-        time.sleep(chooser.uniform(0.5, 2.0))
+        # Keep three roadmaps in flight, so that there is always a run to kill.
+        unsettled = [r for r in roadmaps if not all_settled(engine, [r])]
+        for _ in range(3 - len(unsettled)):
+            roadmap_id = f"kill-r{len(roadmaps) + 1}"
+            submit_roadmap(engine, synthetic_framework(roadmap_id, CONCEPTS))
+            roadmaps.append(roadmap_id)
+        time.sleep(chooser.uniform(0.3, 1.2))
         running = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
         candidates = [(r.run_id, run_worker_pid(instance, r.run_id)) for r in running]
         candidates = [(run_id, pid) for run_id, pid in candidates if pid and alive(pid)]

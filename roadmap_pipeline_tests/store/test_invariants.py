@@ -660,3 +660,121 @@ def test_an_adopted_database_is_checked_for_duplicates(adopted: Engine) -> None:
 
     with connect(adopted) as conn:
         assert not enforces_uniqueness(conn)
+
+
+def _plant_one_of_each(engine: Engine) -> None:
+    """Five roadmaps (so that slices have several each), with repairable, human and orphan
+    findings spread over them, invalid content included."""
+    for n in range(5):
+        complete_roadmap(engine, f"rm-{n}", 3, task=True)
+    execute(engine, "DELETE FROM quiz_metadata WHERE concept_id = :c", c=cid(2, "rm-0"))
+    set_key(engine, cid(1, "rm-1"), "content_status", "pending", roadmap_id="rm-1")
+    execute(
+        engine,
+        "UPDATE quiz_metadata SET easy_count = easy_count + 1 WHERE concept_id = :c",
+        c=cid(3, "rm-2"),
+    )
+    raw = scalar(
+        engine,
+        "SELECT resources FROM resource_recommendation_metadata WHERE concept_id = :c",
+        c=cid(1, "rm-3"),
+    )
+    resources = raw if isinstance(raw, list) else json.loads(raw)
+    resources[0]["relevance_score"] = -2
+    execute(
+        engine,
+        "UPDATE resource_recommendation_metadata SET resources = :r WHERE concept_id = :c",
+        r=json.dumps(resources),
+        c=cid(1, "rm-3"),
+    )
+    execute(
+        engine,
+        "INSERT INTO quiz_metadata (quiz_id, roadmap_id, concept_id, questions, total_questions, "
+        "easy_count, medium_count, hard_count, generated_at) "
+        "VALUES ('orphan-quiz', 'rm-4', 'ghost', '[]', 0, 0, 0, 0, :t)",
+        t=utcnow(),
+    )
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 7])
+def test_the_fleet_checked_in_concurrent_slices_finds_what_one_statement_finds(
+    engine: Engine, workers: int
+) -> None:
+    from roadmap_pipeline.store.invariants import find_fleet_violations
+
+    _plant_one_of_each(engine)
+    whole = verify(engine)
+    assert {v.rule for v in whole} >= {
+        Rule.REF_MISSING,
+        Rule.ITEM_NOT_MARKED,
+        Rule.INVALID_CONTENT,
+        Rule.ORPHAN_CONTENT,
+        Rule.TASK_STATUS_MISMATCH,
+    }
+    assert {v.roadmap_id for v in whole} == {f"rm-{n}" for n in range(5)}
+
+    assert find_fleet_violations(engine, NothingRunning(), workers=workers) == whole
+
+
+def test_postgres_content_checks_use_the_row_functions_and_find_the_same_rows(
+    engine: Engine,
+) -> None:
+    """Migration 0005's partial indexes narrow invariant 7 to the rows the row functions flag;
+    the statement that trusts them finds exactly what the one parsing every document finds,
+    and a function whose body differs from today's rule is not trusted."""
+    from sqlalchemy import String, bindparam, text
+
+    from roadmap_pipeline.store.database import connect
+    from roadmap_pipeline.store.invariants import content_checks_indexed, rules_statement
+    from roadmap_pipeline.store.schema import QUIZ_CHECK_FUNCTION
+
+    if engine.dialect.name != "postgresql":
+        with connect(engine) as conn:
+            assert not content_checks_indexed(conn)
+        return
+    _plant_one_of_each(engine)
+    with connect(engine) as conn:
+        assert content_checks_indexed(conn)
+        results = []
+        for indexed in (True, False):
+            statement = text(
+                rules_statement("postgresql", [Rule.INVALID_CONTENT], True, indexed)
+            ).bindparams(bindparam("roadmap_ids", expanding=True, type_=String))
+            rows = conn.execute(statement, Scope.fleet().params())
+            results.append(sorted(tuple(r) for r in rows))
+        assert results[0] == results[1]
+        assert {(r[0], r[1], r[2]) for r in results[0]} == {
+            ("rm-2", cid(3, "rm-2"), "quiz"),
+            ("rm-3", cid(1, "rm-3"), "resources"),
+        }
+        # Someone replaced the function under the index: the check stops trusting the index.
+        conn.execute(
+            text(
+                f"CREATE OR REPLACE FUNCTION {QUIZ_CHECK_FUNCTION}(questions jsonb, "
+                "total_questions integer, easy_count integer, medium_count integer, "
+                "hard_count integer) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT false'"
+            )
+        )
+        assert not content_checks_indexed(conn)
+        conn.rollback()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_some_roadmaps_checked_in_concurrent_shares_find_what_one_statement_finds(
+    engine: Engine, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from roadmap_pipeline.store import invariants
+
+    # Shares of one roadmap, so that five roadmaps are enough to cut them up.
+    monkeypatch.setattr(invariants, "MIN_ROADMAPS_PER_SHARE", 1)
+    _plant_one_of_each(engine)
+    some = ["rm-4", "rm-0", "rm-2", "rm-3"]
+    expected = verify(engine, Scope.roadmaps(some))
+    assert {v.roadmap_id for v in expected} == set(some)
+
+    found = invariants.find_fleet_violations(
+        engine, NothingRunning(), workers=workers, roadmap_ids=some
+    )
+
+    assert found == expected
+    assert invariants.find_fleet_violations(engine, NothingRunning(), roadmap_ids=[]) == []
