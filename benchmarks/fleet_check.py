@@ -41,7 +41,14 @@ import dagster as dg
 from sqlalchemy import Connection, Engine, bindparam, text
 from sqlalchemy.engine import make_url
 
-from benchmarks.fleet_verify import ADMIN_URL, DATABASE, _create_database, _holds_fleet, _load_fleet
+from benchmarks.fleet_verify import (
+    ADMIN_URL,
+    DATABASE,
+    _create_database,
+    _floor,
+    _holds_fleet,
+    _load_fleet,
+)
 from roadmap_pipeline.definitions import build_definitions
 from roadmap_pipeline.orchestration.activity import DagsterActivity
 from roadmap_pipeline.orchestration.fleet import FULL_PASS_WORKERS, evaluate_fleet, previous_pass
@@ -297,19 +304,6 @@ def _load() -> str:
 
 
 # --- the measured actions ----------------------------------------------------------------------
-
-
-def _floor(conn: Connection) -> str:
-    counts = [
-        conn.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
-        for table in ("tutorial_metadata", "resource_recommendation_metadata", "quiz_metadata")
-    ]
-    # jsonb_array_length forces every document to be fetched, detoasted and looked into.
-    stages = conn.execute(
-        text("SELECT SUM(jsonb_array_length(framework_data -> 'stages')) FROM roadmap_metadata")
-    ).scalar_one()
-    conn.rollback()
-    return f"{sum(counts):,} content rows, {stages:,} stages"
 
 
 def _one_statement(conn: Connection, activity: DagsterActivity) -> list[Violation]:
