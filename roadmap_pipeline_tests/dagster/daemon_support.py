@@ -98,3 +98,29 @@ def graphql(url: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
     if payload.get("errors"):
         raise AssertionError(f"GraphQL errors: {payload['errors']}")
     return payload["data"]
+
+
+def describe_runs(instance: dg.DagsterInstance, roadmap_id: str) -> str:
+    """A roadmap's runs, oldest first, with their tags and the failures they logged: what a
+    failing daemon test prints so that CI's log says why."""
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={"roadmap_pipeline/roadmap": roadmap_id}))
+    failures = (
+        dg.DagsterEventType.STEP_FAILURE,
+        dg.DagsterEventType.RUN_FAILURE,
+        dg.DagsterEventType.ASSET_FAILED_TO_MATERIALIZE,
+        dg.DagsterEventType.ENGINE_EVENT,
+    )
+    lines = []
+    for run in reversed(runs):
+        tags = {k.split("/")[-1]: v for k, v in run.tags.items() if "roadmap_pipeline" in k}
+        lines.append(f"run {run.run_id[:8]} {run.status.value} parent={run.parent_run_id} {tags}")
+        for record in instance.all_logs(run.run_id):
+            event = record.dagster_event
+            if event is None or event.event_type not in failures:
+                continue
+            if event.event_type is dg.DagsterEventType.ENGINE_EVENT and "rror" not in (
+                event.message or ""
+            ):
+                continue
+            lines.append(f"    {event.event_type_value}: {(event.message or '')[:300]}")
+    return "\n".join(lines)

@@ -38,6 +38,7 @@ from roadmap_pipeline_tests.dagster.daemon_support import (
     TERMINAL,
     content_rows,
     data_schema,
+    describe_runs,
     graphql,
     task_of,
 )
@@ -199,6 +200,7 @@ def test_permanent_failures_end_partial_failure_then_a_ui_backfill_completes_the
     wait_for(capped, 300, 2, "the retries to reach their cap")
     time.sleep(8)  # two retry ticks (every 3 s): past the cap nothing is launched any more
     runs = instance.get_runs(filters=dg.RunsFilter(tags={"roadmap_pipeline/roadmap": PERMANENT}))
+    print(describe_runs(instance, PERMANENT))
     assert max(int(r.tags.get(ATTEMPT_TAG, "1")) for r in runs) == 3
     task = task_of(engine, PERMANENT)
     assert task.status == "partial_failure"
