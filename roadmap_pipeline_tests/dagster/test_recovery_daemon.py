@@ -21,6 +21,7 @@ from sqlalchemy import text
 from roadmap_pipeline.definitions import build_definitions
 from roadmap_pipeline.orchestration.keys import ATTEMPT_TAG, QUIZ
 from roadmap_pipeline.orchestration.partitions import CONCEPTS, registered_concept_keys
+from roadmap_pipeline.orchestration.recovery import PURPOSE_TAG
 from roadmap_pipeline.orchestration.resources import (
     CheckpointerResource,
     ContentGeneratorResource,
@@ -48,6 +49,7 @@ pytestmark = [pytest.mark.daemon, pytest.mark.postgres]
 PERMANENT = "permanent-r"
 PERMANENT_KEYS = [f"{PERMANENT}/c-1-1-3", f"{PERMANENT}/c-1-2-2", f"{PERMANENT}/c-2-1-1"]
 KILLED_CONCEPT = f"{INCIDENT_ROADMAP}/c-3-2-3"  # the 28th of 30, generated one at a time
+ALWAYS = 1000
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +74,9 @@ def deployment(data_url: str, counters: Path) -> Iterator[Deployment]:
                 "occurrence": 1,
             }
         ],
-        # First run and both retries fail (the cap); the fourth attempt works: "cause removed".
+        # Until the test removes the cause (remove_the_cause), these quizzes always fail.
         "fail": [
-            {"concept": key, "item": "quiz", "times": 3, "kind": "permanent"}
+            {"concept": key, "item": "quiz", "times": ALWAYS, "kind": "permanent"}
             for key in PERMANENT_KEYS
         ],
         "counter_dir": str(counters),
@@ -95,10 +97,25 @@ def deployment(data_url: str, counters: Path) -> Iterator[Deployment]:
         yield deployment
 
 
+def counter_file(counters: Path, name: str) -> Path:
+    """Where the fault plan counts arrivals at ``name`` (faults.py, one file per name)."""
+    return counters / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".count")
+
+
 def kill_happened(counters: Path) -> bool:
     """The kill point counts its arrival in a file just before the SIGKILL (faults.py)."""
-    name = f"kill0|before_write|{KILLED_CONCEPT}|tutorial"
-    return (counters / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".count")).exists()
+    return counter_file(counters, f"kill0|before_write|{KILLED_CONCEPT}|tutorial").exists()
+
+
+def quiz_attempts(counters: Path, key: str) -> int:
+    path = counter_file(counters, f"generate|{key}|quiz")
+    return int(path.read_text()) if path.exists() else 0
+
+
+def remove_the_cause(counters: Path) -> None:
+    """The failing quizzes' faults have fired their ALWAYS times: the next attempt works."""
+    for key in PERMANENT_KEYS:
+        counter_file(counters, f"generate|{key}|quiz").write_text(str(ALWAYS))
 
 
 def check_roadmap_now(deployment: Deployment, data_url: str, roadmap_id: str) -> dict[str, Any]:
@@ -182,7 +199,7 @@ mutation Launch($params: LaunchBackfillParams!) {
 
 
 def test_permanent_failures_end_partial_failure_then_a_ui_backfill_completes_the_roadmap(
-    deployment: Deployment, data_url: str
+    deployment: Deployment, data_url: str, counters: Path
 ) -> None:
     engine = create_store_engine(data_url)
     instance = deployment.instance
@@ -208,9 +225,15 @@ def test_permanent_failures_end_partial_failure_then_a_ui_backfill_completes_the
         k.replace("/", ":", 1) for k in PERMANENT_KEYS
     }
     assert failed_quiz_keys(instance) == sorted(PERMANENT_KEYS)
+    # Each quiz was generated on the first run and on each of the two retries (a step retry for
+    # a transient database error could add one more); recovery never relaunched a failed quiz.
+    assert all(quiz_attempts(counters, key) >= 3 for key in PERMANENT_KEYS)
+    recoveries = [r for r in runs if r.tags.get(PURPOSE_TAG) == "recovery"]
+    assert all(QUIZ not in (r.asset_selection or {QUIZ}) for r in recoveries)
 
-    # The cause is gone (the fault fired its three times). Backfill the failed partitions the
-    # way the UI's "failed and missing" backfill does: launchPartitionBackfill over GraphQL.
+    # The cause is removed. Backfill the failed partitions the way the UI's "failed and
+    # missing" backfill does: launchPartitionBackfill over GraphQL.
+    remove_the_cause(counters)
     data = graphql(
         deployment.graphql_url,
         LAUNCH_BACKFILL,
