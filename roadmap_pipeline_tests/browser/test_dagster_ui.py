@@ -13,30 +13,27 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import psycopg
 import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import Engine, select
-from sqlalchemy.engine import make_url
 
 from roadmap_pipeline.domain.statuses import TaskStatus
 from roadmap_pipeline.orchestration.keys import FRAMEWORK_DATA, QUIZ, ROADMAP_COMPLETE
 from roadmap_pipeline.orchestration.partitions import CONCEPTS, registered_concept_keys
 from roadmap_pipeline.samples import synthetic_framework
 from roadmap_pipeline.store.database import connect, create_store_engine
-from roadmap_pipeline.store.migrate import init_db
 from roadmap_pipeline.store.schema import RoadmapTask
 from roadmap_pipeline.store.writers import submit_roadmap
 from roadmap_pipeline.testing.dagster_harness import Deployment, dagster_deployment, wait_for
 from roadmap_pipeline_tests.browser.dagster_ui import DagsterUI
 from roadmap_pipeline_tests.conftest import PG_ADMIN_URL
+from roadmap_pipeline_tests.dagster.daemon_support import data_schema
 
 pytestmark = [
     pytest.mark.browser,
@@ -67,25 +64,8 @@ TERMINAL = {TaskStatus.COMPLETED.value, TaskStatus.PARTIAL_FAILURE.value}
 @pytest.fixture(scope="module")
 def data_url(pg_database_url: str) -> Iterator[str]:
     """Our tables in a fresh schema of the Postgres test database."""
-    schema = f"b_{uuid.uuid4().hex[:12]}"
-    plain = (
-        make_url(pg_database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    )
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    url = (
-        make_url(pg_database_url)
-        .update_query_dict({"options": f"-csearch_path={schema}"})
-        .render_as_string(hide_password=False)
-    )
-    engine = create_store_engine(url)
-    init_db(engine)
-    engine.dispose()
-    try:
+    with data_schema(pg_database_url) as url:
         yield url
-    finally:
-        with psycopg.connect(plain, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture(scope="module")
