@@ -43,8 +43,12 @@ dev: $(STAMP)
 dev-postgres: $(STAMP)
 	$(BIN)/roadmap-pipeline dev --postgres
 
+# Validation needs an instance but no storage: a throwaway DAGSTER_HOME, so that the production
+# dagster.yaml in this directory (which wants DAGSTER_POSTGRES_URL) is not picked up.
 validate: $(STAMP)
-	$(BIN)/dagster definitions validate -m roadmap_pipeline.definitions
+	@home=$$(mktemp -d); \
+	DAGSTER_HOME=$$home $(BIN)/dagster definitions validate -m roadmap_pipeline.definitions; \
+	status=$$?; rm -rf $$home; exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check roadmap_pipeline roadmap_pipeline_tests benchmarks
