@@ -341,3 +341,73 @@ def test_status_shows_counts_failed_concepts_with_their_reason_and_the_last_chec
     assert "roadmap_consistent: passed" in one.stdout
     assert unknown.exit_code == 2
     assert "no-such-roadmap" in unknown.stderr
+
+
+def _first_non_loopback_address() -> str | None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))  # no packet is sent: picks the outgoing address
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_dev_serves_the_ui_on_loopback_over_the_embedded_default(tmp_path: Path) -> None:
+    """`make dev` (roadmap-pipeline dev): dagster dev on 127.0.0.1 only, the code location
+    loaded, the embedded instance created under the working directory."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from roadmap_pipeline.testing.dagster_harness import free_port, wait_for
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "ROADMAP_"))}
+    log = (tmp_path / "dev.log").open("wb")
+    # Our venv's console script with fixed arguments, in a process group of its own.
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("roadmap-pipeline")), "dev", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+
+        def answers() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(answers, 180, 1, "dagster dev to answer on 127.0.0.1")
+        query = json.dumps({"query": "{ workspaceOrError { __typename } }"}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/graphql",
+            data=query,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.load(response)["data"]["workspaceOrError"]["__typename"] == "Workspace"
+        assert (tmp_path / ".roadmap_pipeline" / "dagster_home" / "dagster.yaml").exists()
+        other = _first_non_loopback_address()
+        if other is not None:
+            with socket.socket() as sock:
+                sock.settimeout(1)
+                assert sock.connect_ex((other, port)) != 0, f"port {port} is open on {other}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+        log.close()
