@@ -4,6 +4,7 @@ verify's JSON and exit codes; the demo."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -271,15 +272,29 @@ def test_the_default_database_is_a_file_in_the_working_directory(tmp_path: Path)
     assert "database is up to date" in again.stdout
 
 
-def test_the_demo_runs_the_main_job_end_to_end_and_can_be_rerun(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Result]]:
+    """`make demo` run twice in one directory (the second resets and redoes it): the directory,
+    with what both runs printed. The status and dev tests read what it left."""
+    root = tmp_path_factory.mktemp("demo")
     runner = CliRunner()
-    with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:
-        first = runner.invoke(main, ["demo"], env={"COLUMNS": "250"})
-        second = runner.invoke(main, ["demo"], env={"COLUMNS": "250"})
-        home = Path(cwd) / ".roadmap_pipeline"
-        assert (home / "roadmap_pipeline.db").exists()
-        assert (home / "dagster_home" / "dagster.yaml").exists()
-        assert any((home / "dagster_home").iterdir())
+    previous = Path.cwd()
+    os.chdir(root)  # the demo works under the current directory, as `make demo` does
+    try:
+        runs = [runner.invoke(main, ["demo"], env={"COLUMNS": "250"}) for _ in range(2)]
+    finally:
+        os.chdir(previous)
+    return root, runs
+
+
+def test_the_demo_runs_the_main_job_end_to_end_and_can_be_rerun(
+    demo: tuple[Path, list[Result]],
+) -> None:
+    root, (first, second) = demo
+    home = root / ".roadmap_pipeline"
+    assert (home / "roadmap_pipeline.db").exists()
+    assert (home / "dagster_home" / "dagster.yaml").exists()
+    assert any((home / "dagster_home").iterdir())
 
     for result in (first, second):
         assert result.exit_code == 0, result.output
@@ -301,12 +316,13 @@ def test_the_demo_runs_the_main_job_end_to_end_and_can_be_rerun(tmp_path: Path) 
 
 
 def test_status_shows_counts_failed_concepts_with_their_reason_and_the_last_checks(
-    tmp_path: Path,
+    demo: tuple[Path, list[Result]],
 ) -> None:
     runner = CliRunner()
-    with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:
-        assert runner.invoke(main, ["demo"]).exit_code == 0
-        home = Path(cwd) / ".roadmap_pipeline"
+    root, runs = demo
+    assert all(run.exit_code == 0 for run in runs)
+    with runner.isolated_filesystem(temp_dir=root):
+        home = root / ".roadmap_pipeline"
         env = {
             "COLUMNS": "250",
             "ROADMAP_DATABASE_URL": f"sqlite:///{home / 'roadmap_pipeline.db'}",
@@ -343,6 +359,12 @@ def test_status_shows_counts_failed_concepts_with_their_reason_and_the_last_chec
     assert "no-such-roadmap" in unknown.stderr
 
 
+QUIZ_PARTITIONS = """
+{ assetNodeOrError(assetKey: {path: ["quiz"]}) {
+    ... on AssetNode { partitionStats { numMaterialized numFailed } } } }
+"""
+
+
 def _first_non_loopback_address() -> str | None:
     import socket
 
@@ -355,10 +377,10 @@ def _first_non_loopback_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
-def test_dev_serves_the_ui_on_loopback_over_the_embedded_default(tmp_path: Path) -> None:
-    """`make dev` (roadmap-pipeline dev): dagster dev on 127.0.0.1 only, the code location
-    loaded, the embedded instance created under the working directory."""
-    import os
+def test_dev_serves_the_demo_in_the_ui_on_loopback(demo: tuple[Path, list[Result]]) -> None:
+    """The walkthrough: after `make demo`, `make dev` (roadmap-pipeline dev) serves dagster dev
+    on 127.0.0.1 only, over the data the demo left: the quiz partitions the demo failed show as
+    failed."""
     import signal
     import socket
     import subprocess
@@ -367,13 +389,14 @@ def test_dev_serves_the_ui_on_loopback_over_the_embedded_default(tmp_path: Path)
 
     from roadmap_pipeline.testing.dagster_harness import free_port, wait_for
 
+    root, _ = demo
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "ROADMAP_"))}
-    log = (tmp_path / "dev.log").open("wb")
+    log = (root / "dev.log").open("wb")
     # Our venv's console script with fixed arguments, in a process group of its own.
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("roadmap-pipeline")), "dev", "--port", str(port)],
-        cwd=tmp_path,
+        cwd=root,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -389,15 +412,21 @@ def test_dev_serves_the_ui_on_loopback_over_the_embedded_default(tmp_path: Path)
                 return False
 
         wait_for(answers, 180, 1, "dagster dev to answer on 127.0.0.1")
-        query = json.dumps({"query": "{ workspaceOrError { __typename } }"}).encode()
+        query = json.dumps({"query": QUIZ_PARTITIONS}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/graphql",
             data=query,
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert json.load(response)["data"]["workspaceOrError"]["__typename"] == "Workspace"
-        assert (tmp_path / ".roadmap_pipeline" / "dagster_home" / "dagster.yaml").exists()
+
+        def quiz_counts() -> dict[str, int] | None:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                node = json.load(response)["data"]["assetNodeOrError"]
+            stats = node.get("partitionStats") if isinstance(node, dict) else None
+            return stats or None  # the code location may still be loading
+
+        counts = wait_for(quiz_counts, 120, 2, "the quiz asset in the UI's GraphQL")
+        assert (counts["numMaterialized"], counts["numFailed"]) == (66, 2)
         other = _first_non_loopback_address()
         if other is not None:
             with socket.socket() as sock:

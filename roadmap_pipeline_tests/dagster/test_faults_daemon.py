@@ -62,7 +62,7 @@ def deployment(data_url: str, calls: Path) -> Iterator[Deployment]:
             "ROADMAP_TEST_CALL_LOG": str(calls),
             "ROADMAP_TEST_DELAY_MS": "250",
             # One item in flight per run: a SIGKILL then interrupts at most one generator call,
-            # which is what "at most one item redone per kill" measures. Three roadmaps' runs
+            # which is what "at most one item redone per kill" measures. Several roadmaps' runs
             # still generate at the same time.
             "ROADMAP_TEST_CONCURRENCY": "1",
         },

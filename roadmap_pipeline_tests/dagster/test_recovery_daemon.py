@@ -47,7 +47,9 @@ from roadmap_pipeline_tests.dagster.daemon_support import (
 pytestmark = [pytest.mark.daemon, pytest.mark.postgres]
 
 PERMANENT = "permanent-r"
-PERMANENT_KEYS = [f"{PERMANENT}/c-1-1-3", f"{PERMANENT}/c-1-2-2", f"{PERMANENT}/c-2-1-1"]
+# Adjacent, so that each retry attempt is one run (a run targets a key range): the daemon and
+# browser tests cover failures scattered over a roadmap.
+PERMANENT_KEYS = [f"{PERMANENT}/c-1-2-1", f"{PERMANENT}/c-1-2-2", f"{PERMANENT}/c-1-2-3"]
 KILLED_CONCEPT = f"{INCIDENT_ROADMAP}/c-3-2-3"  # the 28th of 30, generated one at a time
 ALWAYS = 1000
 
