@@ -11,10 +11,9 @@ The four layers (README "Retries"):
    number of attempts and a growing delay; past the cap they stay failed (the task says
    ``partial_failure`` naming them).
 
-``stuck_task_recovery`` relaunches the missing partitions of a task that is ``processing``
-while no queued or running run touches its roadmap (judged from Dagster's run status; the delay
-only debounces the moment between intake and the run's creation). Partitions that failed in
-Dagster are left to layer 4, so that recovery never takes a concept past the retry cap.
+``stuck_task_recovery`` relaunches the missing and failed partitions of a task that is
+``processing`` while no queued or running run touches its roadmap (judged from Dagster's run
+status; the delay only debounces the moment between intake and the run's creation).
 """
 
 import hashlib
@@ -204,9 +203,8 @@ def stuck_task_recovery_sensor(settings: RecoverySettings) -> dg.SensorDefinitio
         ),
         description=(
             "Recovers a task that is processing while no queued or running run touches its "
-            "roadmap (judged from Dagster's run status): relaunches the content partitions a "
-            "dead run left without a row, or settles it when nothing is missing. Failed "
-            "partitions are failed_partition_retry's (its delay, its cap). Tasks older than "
+            "roadmap (judged from Dagster's run status): relaunches its missing and failed "
+            f"content partitions, or settles it when nothing is missing. Tasks older than "
             f"{settings.max_task_age_hours:g}h are left to a human; at most "
             f"{settings.max_concurrent_recoveries} recoveries run at once; a task must have been "
             f"still for {settings.delay_s:.0f}s (the moment between intake and its run)."
@@ -270,9 +268,8 @@ def recovery_requests(
     order: list[str],
 ) -> tuple[list[dg.RunRequest], list[dg.AssetMaterialization]]:
     """Runs for the items that have no row (judged from the data, not from Dagster's record,
-    which a dead run never completed) and did not fail in Dagster, or one settle run when there
-    is none. Rows Dagster never recorded are reported as materializations, so nothing is
-    generated twice."""
+    which a dead run never completed), or one settle run when every row exists. Rows Dagster
+    never recorded are reported as materializations, so nothing is generated twice."""
     with connect(database.get_engine()) as conn:
         document = documents(conn, [task.roadmap_id]).get(task.roadmap_id)
         rows = current_rows(conn, Scope.roadmap(task.roadmap_id))
@@ -287,23 +284,7 @@ def recovery_requests(
         if recorded[asset_key].get(key) != dg.AssetPartitionStatus.MATERIALIZED
     }
     events = adopted_row_events(roadmap, rows, unrecorded)
-    # An item that failed in Dagster is the retry layer's (failed_partition_retry): it retries
-    # it after its delay and under its cap. Relaunched here as well, it would get attempts past
-    # the cap; left alone, the task is settled (partial_failure until a retry succeeds).
-    missing = {
-        key: left
-        for key, assets in missing_items(
-            load_framework(document), roadmap, rows, pending_task=True
-        ).items()
-        if (
-            left := {
-                a
-                for a in assets
-                if recorded[dg.AssetKey.from_user_string(a)].get(key)
-                != dg.AssetPartitionStatus.FAILED
-            }
-        )
-    }
+    missing = missing_items(load_framework(document), roadmap, rows, pending_task=True)
     marker = f"recover:{task.task_id}:{task.updated_at.isoformat()}"
     tags = {PURPOSE_TAG: "recovery", TASK_TAG: task.task_id}
     if missing:

@@ -125,31 +125,6 @@ def test_a_processing_task_without_a_run_is_recovered(pipeline: Pipeline) -> Non
     assert isinstance(pipeline.tick("stuck_task_recovery"), dg.SkipReason)
 
 
-def test_recovery_leaves_failed_partitions_to_the_retry_layer_and_settles_the_task(
-    pipeline: Pipeline, tmp_path: Path
-) -> None:
-    pipeline = pipeline.with_faults(quiz_fails(1, tmp_path))
-    first_run(pipeline)  # two quizzes failed; the step failed, so nothing rolled the task up
-    assert task(pipeline).status == TaskStatus.PROCESSING
-
-    [request] = pipeline.tick("stuck_task_recovery").run_requests  # type: ignore[union-attr]
-    # Relaunching the failed quizzes here would be an attempt the retry cap never counts.
-    assert list(request.asset_selection or []) == [FRAMEWORK_ENTRY]
-    assert pipeline.execute(request).success
-    settled = task(pipeline)
-    assert settled.status == TaskStatus.PARTIAL_FAILURE
-    assert {f["concept_id"] for f in settled.failed_concepts} == {
-        k.replace("/", ":", 1) for k in FAILING
-    }
-    retry = pipeline.tick("failed_partition_retry")
-    assert isinstance(retry, dg.SensorResult)
-    [again] = retry.run_requests
-    assert again.tags[ATTEMPT_TAG] == "2"
-    assert pipeline.execute(again).success
-    settle(pipeline, None)
-    assert task(pipeline).status == TaskStatus.COMPLETED
-
-
 def test_recovery_never_launches_a_second_run_for_a_roadmap_that_has_one(
     pipeline: Pipeline,
 ) -> None:
