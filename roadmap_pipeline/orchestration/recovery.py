@@ -41,7 +41,11 @@ from roadmap_pipeline.orchestration.keys import (
 )
 from roadmap_pipeline.orchestration.partitions import CONCEPTS, contiguous_ranges, roadmap_keys
 from roadmap_pipeline.orchestration.resources import RoadmapDatabase
-from roadmap_pipeline.orchestration.run_history import finished_since, roadmap_of_key
+from roadmap_pipeline.orchestration.run_history import (
+    finished_since,
+    last_finished_at,
+    roadmap_of_key,
+)
 from roadmap_pipeline.orchestration.sensors import (
     adopted_row_events,
     concept_run_requests,
@@ -86,9 +90,15 @@ class RetryCursor:
     failures: dict[str, list[float]] = field(default_factory=dict)  # "asset|key" -> [n, last ts]
 
     @classmethod
-    def parse(cls, raw: str | None) -> "RetryCursor":
-        if not raw:
-            return cls()
+    def start(cls, instance: dg.DagsterInstance) -> "RetryCursor":
+        """The first tick (or the first after a cursor reset) starts after the last finished
+        run, as Dagster's run status sensors do: the sensor retries what fails while it is on.
+        Partitions that failed before are the operator's (the UI's backfill of failed
+        partitions; ``roadmap_complete`` names them), e.g. the demo's, which `make dev` shows."""
+        return cls(since=last_finished_at(instance))
+
+    @classmethod
+    def parse(cls, raw: str) -> "RetryCursor":
         data = json.loads(raw)
         return cls(float(data.get("since", 0.0)), dict(data.get("failures", {})))
 
@@ -140,12 +150,16 @@ def failed_partition_retry_sensor(settings: RetrySettings, running: bool) -> dg.
             f"after {settings.base_delay_s:.0f}s, doubling the delay per failure, at most "
             f"{settings.max_retries} times; the attempt number is the run tag "
             f"{ATTEMPT_TAG}. Past the cap a concept stays failed and its task says "
-            "partial_failure naming it. Each retry resumes the concept's LangGraph checkpoint."
+            "partial_failure naming it. Each retry resumes the concept's LangGraph checkpoint. "
+            "It retries what fails while it is on: partitions that failed before its first "
+            "tick (or a cursor reset) are left to a backfill of failed partitions."
         ),
     )
     def failed_partition_retry(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        state = RetryCursor.parse(context.cursor)
         instance = context.instance
+        if not context.cursor:
+            return dg.SensorResult(cursor=RetryCursor.start(instance).dump())
+        state = RetryCursor.parse(context.cursor)
         order = list(instance.get_dynamic_partitions(CONCEPTS.name or ""))
         _read_failures(instance, state, order)
         now = time.time()

@@ -63,6 +63,17 @@ def finished_since(
     return [_describe(record, ordering) for record in records]
 
 
+def last_finished_at(instance: dg.DagsterInstance) -> float:
+    """The update timestamp (seconds) of the run that finished last; 0.0 when none has."""
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(statuses=FINISHED),
+        order_by="update_timestamp",
+        ascending=False,
+        limit=1,
+    )
+    return records[0].update_timestamp.timestamp() if records else 0.0
+
+
 def _describe(record: RunRecord, ordering: Sequence[str]) -> FinishedRun:
     run = record.dagster_run
     keys = run_keys(run.tags, ordering)

@@ -11,6 +11,7 @@ from sqlalchemy import select, text
 
 from roadmap_pipeline.domain.statuses import TaskStatus
 from roadmap_pipeline.orchestration.keys import ATTEMPT_TAG, FRAMEWORK_ENTRY, QUIZ
+from roadmap_pipeline.orchestration.partitions import CONCEPTS
 from roadmap_pipeline.orchestration.recovery import RetrySettings
 from roadmap_pipeline.samples import synthetic_framework
 from roadmap_pipeline.store.activity import NothingRunning
@@ -43,6 +44,15 @@ def first_run(pipeline: Pipeline) -> None:
     assert not pipeline.execute(intake.run_requests[0]).success
 
 
+def retry_sensor_on(pipeline: Pipeline) -> str:
+    """The sensor's first tick: it starts after the last finished run."""
+    first = pipeline.tick("failed_partition_retry")
+    assert isinstance(first, dg.SensorResult)
+    assert not first.run_requests
+    assert first.cursor is not None
+    return first.cursor
+
+
 def settle(pipeline: Pipeline, cursor: str | None) -> str | None:
     result = pipeline.tick("roadmap_settlement", cursor)
     if isinstance(result, dg.SensorResult):
@@ -56,13 +66,14 @@ def test_a_failed_partition_is_retried_alone_and_the_task_completes(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
     pipeline = pipeline.with_faults(quiz_fails(1, tmp_path))
+    cursor = retry_sensor_on(pipeline)
     first_run(pipeline)
     settle(pipeline, None)
     assert task(pipeline).status == TaskStatus.PARTIAL_FAILURE
     with connect(pipeline.engine) as conn:
         tutorials_before = conn.execute(select(TutorialMetadata.tutorial_id)).scalars().all()
 
-    retry = pipeline.tick("failed_partition_retry")
+    retry = pipeline.tick("failed_partition_retry", cursor)
     assert isinstance(retry, dg.SensorResult)
     [request] = retry.run_requests
     assert request.partition_key_range == dg.PartitionKeyRange(*FAILING)
@@ -89,8 +100,8 @@ def test_past_the_cap_a_concept_stays_failed_and_the_task_names_it(
     pipeline = pipeline.with_faults(
         quiz_fails(1000, tmp_path), retry=RetrySettings(max_retries=2, base_delay_s=0)
     )
+    cursor = retry_sensor_on(pipeline)
     first_run(pipeline)
-    cursor: str | None = None
     attempts = []
     for _ in range(4):
         result = pipeline.tick("failed_partition_retry", cursor)
@@ -106,6 +117,30 @@ def test_past_the_cap_a_concept_stays_failed_and_the_task_names_it(
     assert {f["concept_id"] for f in settled.failed_concepts} == {
         k.replace("/", ":", 1) for k in FAILING
     }
+
+
+def test_failures_from_before_the_retry_sensor_was_on_are_left_to_the_operator(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """As `make demo` then `make dev`: the partitions the demo failed stay failed for the UI's
+    backfill; a failure after the sensor's first tick is retried."""
+    pipeline = pipeline.with_faults(quiz_fails(1, tmp_path), retry=RetrySettings(base_delay_s=0))
+    first_run(pipeline)
+    cursor = retry_sensor_on(pipeline)
+    again = pipeline.tick("failed_partition_retry", cursor)
+    assert isinstance(again, dg.SensorResult)
+    assert not again.run_requests
+    statuses = pipeline.instance.get_status_by_partition(QUIZ, FAILING, CONCEPTS)
+    assert set((statuses or {}).values()) == {dg.AssetPartitionStatus.FAILED}
+
+    # A later failure (a regeneration of the quiz of a concept that fails again) is retried.
+    pipeline = pipeline.with_faults(quiz_fails(2, tmp_path / "later"))
+    request = dg.RunRequest(partition_key=FAILING[0], asset_selection=[QUIZ, FRAMEWORK_ENTRY])
+    assert not pipeline.execute(request).success
+    later = pipeline.tick("failed_partition_retry", again.cursor)
+    assert isinstance(later, dg.SensorResult)
+    [retry] = later.run_requests
+    assert retry.partition_key_range == dg.PartitionKeyRange(FAILING[0], FAILING[0])
 
 
 def test_a_processing_task_without_a_run_is_recovered(pipeline: Pipeline) -> None:
