@@ -31,8 +31,6 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +47,7 @@ from benchmarks.fleet_verify import (
     _holds_fleet,
     _load_fleet,
 )
+from benchmarks.measuring import machine_load, measure
 from roadmap_pipeline.definitions import build_definitions
 from roadmap_pipeline.orchestration.activity import DagsterActivity
 from roadmap_pipeline.orchestration.fleet import FULL_PASS_WORKERS, evaluate_fleet, previous_pass
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         job = defs.resolve_job_def("fleet_consistency_check")
         activity = DagsterActivity(instance)
 
-        print(f"load average before: {_load()}")
+        print(f"load average before: {machine_load()}")
         with engine.connect() as conn:
             floor = measure(cpu, lambda: _floor(conn))
         print(
@@ -215,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     dispose_engines()
     engine.dispose()
-    print(f"load average after: {_load()}")
+    print(f"load average after: {machine_load()}")
     print(
         f"ratios: loop / full check {loop.wall * scale / full.wall:.1f}x wall"
         + (f", {loop.cpu * scale / full.cpu:.1f}x server CPU" if loop.cpu and full.cpu else "")
@@ -238,26 +237,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --- measuring -------------------------------------------------------------------------------
-
-
-@dataclass
-class Measured:
-    wall: float
-    cpu: float | None  # CPU seconds of this benchmark's server processes (local server only)
-    load: float
-    result: Any
-
-    def __str__(self) -> str:
-        return self._format(self.wall, self.cpu)
-
-    def scaled(self, factor: float) -> str:
-        return self._format(self.wall * factor, self.cpu * factor if self.cpu else None)
-
-    def _format(self, wall: float, cpu: float | None) -> str:
-        shown = f"{wall * 1000:7.1f} ms" if wall < 1 else f"{wall:7.2f} s"
-        if cpu is not None:
-            shown += f" ({cpu:.2f} s server CPU)"
-        return f"{shown} [load {self.load:.2f}]"
 
 
 class ServerCpu:
@@ -285,22 +264,6 @@ class ServerCpu:
                     return None
                 total += (int(fields[11]) + int(fields[12])) / ticks
         return total
-
-
-def measure(cpu: Callable[[], float | None], action: Callable[[], Any]) -> Measured:
-    before = cpu()
-    started = time.perf_counter()
-    result = action()
-    wall = time.perf_counter() - started
-    after = cpu()
-    used = after - before if before is not None and after is not None else None
-    return Measured(wall, used, os.getloadavg()[0], result)
-
-
-def _load() -> str:
-    return (
-        ", ".join(f"{x:.2f}" for x in os.getloadavg()) + f" (1, 5, 15 min; {os.cpu_count()} CPUs)"
-    )
 
 
 # --- the measured actions ----------------------------------------------------------------------

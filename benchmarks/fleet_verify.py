@@ -23,7 +23,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import psycopg
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
+from benchmarks.measuring import measure
 from roadmap_pipeline.domain.framework import load_framework
 from roadmap_pipeline.generation.generator import ConceptContext
 from roadmap_pipeline.generation.offline import OfflineGenerator
@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     activity = NothingRunning()
     with engine.connect() as conn:
         cpu = _server_cpu(conn)
-        floor = _measure(cpu, lambda: _floor(conn))
+        floor = measure(cpu, lambda: _floor(conn))
         fleet_runs = [
-            _measure(cpu, lambda: find_violations(conn, Scope.fleet(), activity)) for _ in range(3)
+            measure(cpu, lambda: find_violations(conn, Scope.fleet(), activity)) for _ in range(3)
         ]
         ids = list(
             conn.execute(
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             ).scalars()
         )
-        loop = _measure(
+        loop = measure(
             cpu,
             lambda: [v for rid in ids for v in find_violations(conn, Scope.roadmap(rid), activity)],
         )
@@ -113,28 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     same = sorted(fleet_found, key=repr) == sorted(loop_found, key=repr)
     print(f"fleet and loop found the same violations: {same}")
     return 0 if same else 1
-
-
-@dataclass
-class Measured:
-    wall: float
-    cpu: float | None  # CPU seconds of the server process, when the server runs on this host
-    result: Any
-
-    def __str__(self) -> str:
-        cpu = f" ({self.cpu:.2f} s server CPU)" if self.cpu is not None else ""
-        return f"{self.wall:8.2f} s{cpu}"
-
-
-def _measure(cpu: Callable[[], float | None], action: Callable[[], Any]) -> Measured:
-    """Wall time, and the server backend's CPU time, which a busy machine does not inflate."""
-    cpu_before = cpu()
-    started = time.perf_counter()
-    result = action()
-    wall = time.perf_counter() - started
-    cpu_after = cpu()
-    used = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
-    return Measured(wall, used, result)
 
 
 def _server_cpu(conn: Connection) -> Callable[[], float | None]:
