@@ -9,7 +9,7 @@ The four layers (README "Retries"):
    LangGraph thread resumes with the same generation ids);
 4. ``failed_partition_retry`` below: failed content partitions are rematerialized with a capped
    number of attempts and a growing delay; past the cap they stay failed (the task says
-   ``partial_failure`` naming them).
+   ``partial_failure`` naming them). Runs that layer 3 re-executes count no attempt.
 
 ``stuck_task_recovery`` relaunches the missing and failed partitions of a task that is
 ``processing`` while no queued or running run touches its roadmap (judged from Dagster's run
@@ -84,10 +84,16 @@ class RecoverySettings:
     delay_s: float = 60.0
 
 
+COUNTED_RUNS_KEPT_S = 86_400.0
+
+
 @dataclass
 class RetryCursor:
     since: float = 0.0  # update timestamp of the last finished run read
     failures: dict[str, list[float]] = field(default_factory=dict)  # "asset|key" -> [n, last ts]
+    # Failed runs already counted (run id -> update timestamp): a finished run comes back when
+    # its tags change (Dagster adds some after the failure), and must not count twice.
+    counted: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def start(cls, instance: dg.DagsterInstance) -> "RetryCursor":
@@ -100,10 +106,15 @@ class RetryCursor:
     @classmethod
     def parse(cls, raw: str) -> "RetryCursor":
         data = json.loads(raw)
-        return cls(float(data.get("since", 0.0)), dict(data.get("failures", {})))
+        return cls(
+            float(data.get("since", 0.0)),
+            dict(data.get("failures", {})),
+            dict(data.get("counted", {})),
+        )
 
     def dump(self) -> str:
-        return json.dumps({"since": self.since, "failures": self.failures}, sort_keys=True)
+        data = {"since": self.since, "failures": self.failures, "counted": self.counted}
+        return json.dumps(data, sort_keys=True)
 
 
 def _statuses(
@@ -115,17 +126,29 @@ def _statuses(
 
 def _read_failures(instance: dg.DagsterInstance, state: RetryCursor, order: list[str]) -> None:
     """One more failure for every (asset, partition) a newly failed run left FAILED; drop the
-    ones that are materialized now."""
+    ones that are materialized now.
+
+    A failed run that Dagster's run retries will re-execute (a crashed run worker) is not a
+    failure of its partitions yet: its re-execution's outcome is. So crashes do not use up the
+    attempts that are meant for failing items."""
     for run in finished_since(instance, state.since, order):
         state.since = max(state.since, run.updated)
         if run.status != dg.DagsterRunStatus.FAILURE or not run.concept_keys:
             continue
+        if run.will_retry or run.run_id in state.counted:
+            continue
+        state.counted[run.run_id] = run.updated
         for asset_key in run.content_assets:
             for key, status in _statuses(instance, asset_key, run.concept_keys).items():
                 if status == dg.AssetPartitionStatus.FAILED:
                     name = f"{asset_key.to_user_string()}|{key}"
                     count = int(state.failures.get(name, [0, 0])[0]) + 1
                     state.failures[name] = [count, run.updated]
+    state.counted = {
+        run_id: updated
+        for run_id, updated in state.counted.items()
+        if updated >= state.since - COUNTED_RUNS_KEPT_S
+    }
     by_asset: dict[str, list[str]] = defaultdict(list)
     for name in state.failures:
         asset, key = name.split("|", 1)

@@ -15,6 +15,7 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
     PARTITION_NAME_TAG,
+    WILL_RETRY_TAG,
 )
 
 from roadmap_pipeline.domain.keys import UnsafeIdError, split_concept_key
@@ -36,6 +37,9 @@ class FinishedRun:
     concept_keys: tuple[str, ...]
     roadmap_ids: frozenset[str]
     content_assets: frozenset[dg.AssetKey]
+    # A failed run that Dagster's run retries (retry layer 3) will re-execute: Dagster tags it
+    # when it fails, from its failure reason and the run's retry count.
+    will_retry: bool = False
 
 
 def roadmap_of_key(key: str) -> str | None:
@@ -86,6 +90,7 @@ def _describe(record: RunRecord, ordering: Sequence[str]) -> FinishedRun:
         concept_keys=tuple(k for k in keys if "/" in k),
         roadmap_ids=roadmaps,
         content_assets=frozenset(selection & set(CONTENT_ASSETS)),
+        will_retry=run.tags.get(WILL_RETRY_TAG) == "true",
     )
 
 

@@ -109,13 +109,35 @@ def wait_until_completed(
         raise
 
 
-def assert_consistent_and_whole(engine: object, roadmaps: list[str]) -> None:
+def generations(engine: object, roadmap_id: str, concepts: set[str]) -> list[tuple[object, ...]]:
+    """The ledger of the writes to these concepts: which generation wrote which row, when."""
+    with connect(engine) as conn:  # type: ignore[arg-type]
+        return [
+            tuple(row)
+            for row in conn.execute(
+                text(
+                    "SELECT concept_id, item, generation_id, row_id, content_version, created_at "
+                    "FROM content_generations WHERE roadmap_id = :r ORDER BY created_at"
+                ),
+                {"r": roadmap_id},
+            )
+            if row.concept_id in concepts
+        ]
+
+
+def assert_consistent_and_whole(
+    engine: object, roadmaps: list[str], instance: dg.DagsterInstance | None = None
+) -> None:
     for roadmap_id in roadmaps:
         task = task_of(engine, roadmap_id)  # type: ignore[arg-type]
         assert task.status == "completed", (roadmap_id, task.status, task.error_message)
         rows = content_rows(engine, roadmap_id)  # type: ignore[arg-type]
         assert len(rows) == 3 * CONCEPTS  # nothing lost
-        assert {k: v for k, v in rows.items() if len(v) != 1} == {}  # nothing duplicated
+        duplicated = {k: v for k, v in rows.items() if len(v) != 1}
+        if duplicated and instance is not None:  # what CI's log needs to say who wrote them
+            print(generations(engine, roadmap_id, {concept for _, concept in duplicated}))
+            print(describe_runs(instance, roadmap_id))
+        assert duplicated == {}  # nothing duplicated
         assert all(v[0][1] == 1 for (table, _), v in rows.items() if table == "tutorial")
     with connect(engine) as conn:  # type: ignore[arg-type]
         assert find_violations(conn, Scope.fleet(), NothingRunning()) == []
@@ -151,7 +173,7 @@ def test_sigkill_of_run_workers_at_random_moments_loses_and_duplicates_nothing(
         kills.append((run_id, pid))
     wait_until_completed(engine, instance, roadmaps, "every roadmap to complete after the kills")
 
-    assert_consistent_and_whole(engine, roadmaps)
+    assert_consistent_and_whole(engine, roadmaps, instance)
     generated = len(read_calls(calls))
     needed = 3 * CONCEPTS * len(roadmaps)
     redone = generated - needed
@@ -193,5 +215,5 @@ def test_a_postgres_restart_mid_run_ends_with_everything_complete(
     wait_until_completed(
         engine, deployment.instance, roadmaps, "both roadmaps to complete after the restart"
     )
-    assert_consistent_and_whole(engine, roadmaps)
+    assert_consistent_and_whole(engine, roadmaps, deployment.instance)
     engine.dispose()

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
 from sqlalchemy import select
 
+from roadmap_pipeline.definitions import build_definitions
 from roadmap_pipeline.domain.statuses import TaskStatus
 from roadmap_pipeline.orchestration.keys import (
     FRAMEWORK_DATA,
@@ -20,6 +24,7 @@ from roadmap_pipeline.orchestration.keys import (
     TUTORIAL,
 )
 from roadmap_pipeline.orchestration.partitions import CONCEPTS, registered_concept_keys
+from roadmap_pipeline.orchestration.resources import CheckpointerResource, RoadmapDatabase
 from roadmap_pipeline.samples import load_sample, synthetic_framework
 from roadmap_pipeline.store.activity import NothingRunning
 from roadmap_pipeline.store.database import connect
@@ -251,3 +256,51 @@ def test_regenerating_the_quiz_of_one_concept_bumps_only_the_quiz(pipeline: Pipe
     ).records
     assert len(quiz_events) == 2
     assert violations(pipeline) == []
+
+
+class PruneWitness(CheckpointerResource):
+    """The run's real checkpointer, whose thread deletions note whether Dagster already holds
+    the concept's tutorial materialization at that moment."""
+
+    @contextmanager
+    def open(self, database: RoadmapDatabase) -> Iterator[Any]:
+        with super().open(database) as saver:
+            base = type(saver)
+
+            def delete_thread(self: Any, thread_id: str) -> None:
+                records = WITNESSED.instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=TUTORIAL, asset_partitions=[thread_id]),
+                    limit=1,
+                ).records
+                WITNESSED.pruned.append((thread_id, bool(records)))
+                base.delete_thread(self, thread_id)
+
+            saver.__class__ = type(
+                f"Witnessing{base.__name__}", (base,), {"delete_thread": delete_thread}
+            )
+            yield saver
+
+
+@dataclass
+class Witnessed:
+    instance: Any = None
+    pruned: list[tuple[str, bool]] = field(default_factory=list)
+
+
+WITNESSED = Witnessed()
+
+
+def test_a_failing_batch_prunes_threads_only_once_its_successes_are_on_record(
+    pipeline: Pipeline,
+) -> None:
+    """A thread is the record of finished work until Dagster holds its materialization: pruned
+    earlier, a death in between lost both, and the next run generated the item again."""
+    pipeline = pipeline.with_faults(quiz_fails_permanently(FAILING))
+    pipeline.defs = build_definitions({**pipeline.resources(), "checkpointer": PruneWitness()})
+    WITNESSED.instance, WITNESSED.pruned = pipeline.instance, []
+    submit_roadmap(pipeline.engine, load_sample(ROADMAP))
+    [request] = intake(pipeline).run_requests
+
+    assert not pipeline.execute(request).success
+    assert len(WITNESSED.pruned) == 30
+    assert [thread for thread, on_record in WITNESSED.pruned if not on_record] == []

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
 from sqlalchemy import select, text
 
 from roadmap_pipeline.domain.statuses import TaskStatus
@@ -37,11 +38,12 @@ def task(pipeline: Pipeline) -> Any:
         return conn.execute(select(RoadmapTask).where(RoadmapTask.roadmap_id == ROADMAP)).one()
 
 
-def first_run(pipeline: Pipeline) -> None:
+def first_run(pipeline: Pipeline) -> dg.RunRequest:
     submit_roadmap(pipeline.engine, synthetic_framework(ROADMAP, 5))
     intake = pipeline.tick("roadmap_intake")
     assert isinstance(intake, dg.SensorResult)
     assert not pipeline.execute(intake.run_requests[0]).success
+    return intake.run_requests[0]
 
 
 def retry_sensor_on(pipeline: Pipeline) -> str:
@@ -141,6 +143,35 @@ def test_failures_from_before_the_retry_sensor_was_on_are_left_to_the_operator(
     assert isinstance(later, dg.SensorResult)
     [retry] = later.run_requests
     assert retry.partition_key_range == dg.PartitionKeyRange(FAILING[0], FAILING[0])
+
+
+def test_a_crashed_run_that_dagster_retries_and_a_run_read_twice_count_no_attempt(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Retry layer 3 owns a failed run Dagster will re-execute (a killed run worker); a failed
+    run whose tags change comes back to the sensor, and counts once."""
+    pipeline = pipeline.with_faults(quiz_fails(1000, tmp_path), retry=RetrySettings(base_delay_s=0))
+    cursor = retry_sensor_on(pipeline)
+    request = first_run(pipeline)
+    [crashed] = pipeline.instance.get_runs()
+    pipeline.instance.add_run_tags(crashed.run_id, {WILL_RETRY_TAG: "true"})
+    owned = pipeline.tick("failed_partition_retry", cursor)
+    assert isinstance(owned, dg.SensorResult)
+    assert not owned.run_requests
+
+    # Its re-execution (linked as Dagster links it) fails on the quizzes: that is the
+    # partitions' first failure.
+    assert not pipeline.execute(request).success
+    [failed, _] = pipeline.instance.get_runs()
+    pipeline.instance.add_run_tags(crashed.run_id, {AUTO_RETRY_RUN_ID_TAG: failed.run_id})
+    first = pipeline.tick("failed_partition_retry", owned.cursor)
+    assert isinstance(first, dg.SensorResult)
+    assert [r.tags[ATTEMPT_TAG] for r in first.run_requests] == ["2"]
+    pipeline.instance.add_run_tags(failed.run_id, {WILL_RETRY_TAG: "false"})
+    reread = pipeline.tick("failed_partition_retry", first.cursor)
+    assert isinstance(reread, dg.SensorResult)
+    assert [r.tags[ATTEMPT_TAG] for r in reread.run_requests] == ["2"]
+    assert [r.run_key for r in reread.run_requests] == [r.run_key for r in first.run_requests]
 
 
 def test_a_processing_task_without_a_run_is_recovered(pipeline: Pipeline) -> None:
