@@ -106,6 +106,9 @@ class ConceptOutcome:
     resumed: bool  # an unfinished checkpoint was resumed
     skipped_locked: bool  # another worker held the concept's lock; nothing was done
     duration_s: float
+    # The run raised (a database error, a lost lock connection): its items are reported failed,
+    # but the thread may hold finished work that the next run resumes or reclaims.
+    errored: bool = False
 
     @property
     def failed(self) -> bool:
@@ -353,6 +356,15 @@ class ConceptWorkflow:
             outcomes |= self._invoke(start, config, context)
         return outcomes, resumed
 
+    def prune_recorded(self, outcomes: Iterable[ConceptOutcome]) -> None:
+        """Prune the threads whose outcomes the caller has recorded. A run that raised is not
+        one of them: its reported failures may hide items that finished (rows written, thread
+        at END), and only the thread lets the next run, a new request, reclaim them instead of
+        generating them again as new versions."""
+        for outcome in outcomes:
+            if not (outcome.skipped_locked or outcome.errored):
+                self.prune(outcome.thread_id)
+
     def prune(self, thread_id: str) -> None:
         """Forget a finished thread once its outcome is recorded (``keep_finished`` mode)."""
         with self.locks.hold(thread_id, True):
@@ -483,6 +495,7 @@ def _run_guarded(
             resumed=False,
             skipped_locked=False,
             duration_s=time.monotonic() - started,
+            errored=True,
         )
 
 

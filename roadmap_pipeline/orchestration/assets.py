@@ -187,7 +187,7 @@ def concept_content(
                 context.log_event(
                     dg.AssetMaterialization(asset_key=asset_key, partition=key, metadata=metadata)
                 )
-            _prune(workflow, outcomes)
+            workflow.prune_recorded(outcomes)  # recorded in Dagster now
             raise dg.Failure(
                 description=_failure_summary(failures),
                 metadata={
@@ -202,14 +202,7 @@ def concept_content(
             context.add_asset_metadata(metadata, asset_key=asset_key, partition_key=key)
         for item in items:
             yield dg.MaterializeResult(asset_key=ITEM_ASSETS[item], metadata=batch)
-        _prune(workflow, outcomes)
-
-
-def _prune(workflow: ConceptWorkflow, outcomes: Sequence[ConceptOutcome]) -> None:
-    """The outcomes are recorded in Dagster now: forget the finished threads."""
-    for outcome in outcomes:
-        if not outcome.skipped_locked:
-            workflow.prune(outcome.thread_id)
+        workflow.prune_recorded(outcomes)  # recorded in Dagster now
 
 
 def _content_events(

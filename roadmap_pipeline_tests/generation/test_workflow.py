@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -508,3 +510,58 @@ def test_with_keep_finished_a_dead_callers_finished_run_is_reclaimed_not_regener
     fresh = workflow.run(roadmap.roadmap_id, concept, [TUTORIAL], request_id="a-later-request")
     assert fresh.items[TUTORIAL].content_version == 2  # a new materialization regenerates
     assert len(read_calls(call_log)) == 4
+
+
+class LockLostOnRelease:
+    """The concept locks, whose first release fails as one whose connection a database restart
+    killed can: the run raises after its graph finished."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.failed = inner, False
+
+    @contextmanager
+    def hold(self, thread_id: str, wait: bool) -> Iterator[bool]:
+        with self.inner.hold(thread_id, wait) as acquired:
+            yield acquired
+        if not self.failed:
+            self.failed = True
+            raise ConnectionError("the lock's connection was lost")
+
+
+def test_a_run_that_raised_keeps_its_thread_and_the_next_request_reclaims_its_items(
+    engine, roadmap, recording, checkpointer, locks, call_log
+):
+    """Its items are reported failed though every row was written: the caller must not prune
+    the thread, or the retry (a new request) generates them again as new versions."""
+    workflow = ConceptWorkflow(
+        engine,
+        recording,
+        checkpointer,
+        LockLostOnRelease(locks),
+        node_retry=FAST_RETRY,
+        keep_finished=True,
+    )
+    target = (roadmap.roadmap_id, roadmap.concept_ids[0])
+    [errored] = run_concepts(
+        workflow, [target], list(ItemType), request_id="lost-lock-run", concurrency=1
+    )
+    assert errored.errored
+    assert errored.failed
+    workflow.prune_recorded([errored])
+    assert thread_exists(checkpointer, errored.thread_id)
+
+    [retry] = run_concepts(
+        workflow, [target], list(ItemType), request_id="retry-run", concurrency=1
+    )
+    assert not retry.failed
+    assert not any(o.generated for o in retry.items.values())
+    assert len(read_calls(call_log)) == 3
+    with connect(engine) as conn:
+        versions = conn.execute(
+            select(TutorialMetadata.content_version).where(
+                TutorialMetadata.roadmap_id == target[0], TutorialMetadata.concept_id == target[1]
+            )
+        ).scalars()
+        assert list(versions) == [1]
+    workflow.prune_recorded([retry])
+    assert not thread_exists(checkpointer, retry.thread_id)
