@@ -336,8 +336,7 @@ class ConceptWorkflow:
                 )
         elif snapshot.values:
             # A finished run that was never pruned: its caller died before recording it. Its
-            # completed items are reclaimed (their rows exist; nothing is generated again); the
-            # thread is cleared so the new run does not merge into it.
+            # completed items are reclaimed (their rows exist; nothing is generated again).
             finished = (snapshot.values or {}).get("outcomes") or {}
             for name, value in finished.items():
                 item = ItemType(name)
@@ -345,15 +344,20 @@ class ConceptWorkflow:
                 if item in requested and outcome.status == "completed":
                     outcomes[item] = replace(outcome, generated=False, attempts=0)
             resumed = bool(outcomes)
-            self.checkpointer.delete_thread(thread_id)
         remaining = [i for i in requested if i not in outcomes]
         if remaining:
-            if self.keep_finished and self.graph.get_state(config).values:
+            if self.graph.get_state(config).values:
                 self.checkpointer.delete_thread(thread_id)  # a fresh run, not a merge
+            # The reclaimed outcomes travel into the fresh thread: until this caller records
+            # them, the thread stays the only evidence that those items are done (a death now,
+            # then a retry under a new request, must not generate them again).
             start = self._initial_state(
-                roadmap_id, concept_id, thread_id, remaining, request_id, preferences
+                roadmap_id, concept_id, thread_id, remaining, request_id, preferences, outcomes
             )
             outcomes |= self._invoke(start, config, context)
+        elif snapshot.values and not snapshot.next and not self.keep_finished:
+            self.checkpointer.delete_thread(thread_id)
+        # else: everything reclaimed; the thread stays until the caller has recorded it.
         return outcomes, resumed
 
     def prune_recorded(self, outcomes: Iterable[ConceptOutcome]) -> None:
@@ -388,6 +392,7 @@ class ConceptWorkflow:
         items: list[ItemType],
         request_id: str,
         preferences: dict[str, Any],
+        carried: Mapping[ItemType, ItemOutcome] | None = None,
     ) -> ConceptState:
         return {
             "roadmap_id": roadmap_id,
@@ -396,7 +401,7 @@ class ConceptWorkflow:
             "items": [i.value for i in items],
             "generation_ids": {i.value: generation_id_for(request_id, thread_id, i) for i in items},
             "preferences": dict(preferences),
-            "outcomes": {},
+            "outcomes": {i.value: o.to_state() for i, o in (carried or {}).items()},
         }
 
     def _invoke(

@@ -137,6 +137,10 @@ def _read_failures(instance: dg.DagsterInstance, state: RetryCursor, order: list
             continue
         if run.will_retry or run.run_id in state.counted:
             continue
+        if instance.run_retries_enabled and not run.retry_decided:
+            # Dagster tags a failed run with its retry decision just after the failure; read
+            # before that, a crash would count. The tag changes the run: it comes back then.
+            continue
         state.counted[run.run_id] = run.updated
         for asset_key in run.content_assets:
             for key, status in _statuses(instance, asset_key, run.concept_keys).items():

@@ -40,6 +40,7 @@ class FinishedRun:
     # A failed run that Dagster's run retries (retry layer 3) will re-execute: Dagster tags it
     # when it fails, from its failure reason and the run's retry count.
     will_retry: bool = False
+    retry_decided: bool = False  # the tag is there (only on instances with run retries enabled)
 
 
 def roadmap_of_key(key: str) -> str | None:
@@ -91,6 +92,7 @@ def _describe(record: RunRecord, ordering: Sequence[str]) -> FinishedRun:
         roadmap_ids=roadmaps,
         content_assets=frozenset(selection & set(CONTENT_ASSETS)),
         will_retry=run.tags.get(WILL_RETRY_TAG) == "true",
+        retry_decided=WILL_RETRY_TAG in run.tags,
     )
 
 

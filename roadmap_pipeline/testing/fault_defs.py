@@ -47,6 +47,7 @@ defs = build_definitions(
         "checkpointer": CheckpointerResource(),
     },
     retry=RetrySettings(interval_s=3, max_retries=2, base_delay_s=3, max_delay_s=10),
-    recovery=RecoverySettings(interval_s=5, delay_s=12, max_concurrent_recoveries=4),
+    # Long enough for a test to look at a stuck task (the incident replayed) before recovery.
+    recovery=RecoverySettings(interval_s=5, delay_s=30, max_concurrent_recoveries=4),
     sensor_interval_s=3,
 )

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from roadmap_pipeline.definitions import build_definitions
+from roadmap_pipeline.orchestration.activity import DagsterActivity
 from roadmap_pipeline.orchestration.keys import ATTEMPT_TAG, QUIZ
 from roadmap_pipeline.orchestration.partitions import CONCEPTS, registered_concept_keys
 from roadmap_pipeline.orchestration.resources import (
@@ -146,8 +147,19 @@ def test_the_incident_replayed_recovers_without_a_human(
     engine = create_store_engine(data_url)
     submit_roadmap(engine, load_sample(INCIDENT_ROADMAP))
     wait_for(lambda: kill_happened(counters), 300, 0.2, "the run to be killed at concept 28")
+    # Dagster learns of the death from run monitoring (a poll every few seconds); until then the
+    # run counts as running and the task's processing is legitimate.
+    wait_for(
+        lambda: (
+            not DagsterActivity(deployment.instance).active(None).covers_roadmap(INCIDENT_ROADMAP)
+        ),
+        120,
+        0.5,
+        "Dagster to mark the killed run failed",
+    )
     # The incident's state: rows committed for 27 concepts, framework_data untouched, task
-    # processing, and no run alive. The checks flag exactly that.
+    # processing, and no run alive. The checks flag exactly that (stuck-task recovery waits
+    # for the task to have been still for 30 s, fault_defs.py).
     before = content_rows(engine, INCIDENT_ROADMAP)
     assert len(before) == 81
     with connect(engine) as conn:

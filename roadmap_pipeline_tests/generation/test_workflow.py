@@ -565,3 +565,33 @@ def test_a_run_that_raised_keeps_its_thread_and_the_next_request_reclaims_its_it
         assert list(versions) == [1]
     workflow.prune_recorded([retry])
     assert not thread_exists(checkpointer, retry.thread_id)
+
+
+def test_reclaimed_items_stay_on_record_in_the_thread_until_the_caller_records_them(
+    engine, roadmap, recording, checkpointer, locks, call_log
+):
+    """A run reclaims a finished tutorial and generates the quiz; it dies before its caller
+    records anything. The next request (a new run id) must find both done."""
+    workflow = ConceptWorkflow(
+        engine, recording, checkpointer, locks, node_retry=FAST_RETRY, keep_finished=True
+    )
+    concept = roadmap.concept_ids[0]
+    first = workflow.run(roadmap.roadmap_id, concept, [TUTORIAL], request_id="first")
+    second = workflow.run(roadmap.roadmap_id, concept, [TUTORIAL, QUIZ], request_id="second")
+    assert not second.items[TUTORIAL].generated
+    assert second.items[QUIZ].generated
+    # The caller of the second run died here: nothing recorded, nothing pruned.
+    third = workflow.run(roadmap.roadmap_id, concept, [TUTORIAL, QUIZ], request_id="third")
+
+    assert not any(o.generated for o in third.items.values())
+    assert third.items[TUTORIAL].row_id == first.items[TUTORIAL].row_id
+    assert third.items[QUIZ].row_id == second.items[QUIZ].row_id
+    assert len(read_calls(call_log)) == 2
+    with connect(engine) as conn:
+        versions = conn.execute(
+            select(TutorialMetadata.content_version).where(
+                TutorialMetadata.roadmap_id == roadmap.roadmap_id,
+                TutorialMetadata.concept_id == concept,
+            )
+        ).scalars()
+        assert list(versions) == [1]
