@@ -135,9 +135,9 @@ def _read_failures(instance: dg.DagsterInstance, state: RetryCursor, order: list
         state.since = max(state.since, run.updated)
         if run.status != dg.DagsterRunStatus.FAILURE or not run.concept_keys:
             continue
-        if run.will_retry or run.run_id in state.counted:
+        if run.retry_decision == "true" or run.run_id in state.counted:
             continue
-        if instance.run_retries_enabled and not run.retry_decided:
+        if instance.run_retries_enabled and run.retry_decision is None:
             # Dagster tags a failed run with its retry decision just after the failure; read
             # before that, a crash would count. The tag changes the run: it comes back then.
             continue

@@ -37,10 +37,9 @@ class FinishedRun:
     concept_keys: tuple[str, ...]
     roadmap_ids: frozenset[str]
     content_assets: frozenset[dg.AssetKey]
-    # A failed run that Dagster's run retries (retry layer 3) will re-execute: Dagster tags it
-    # when it fails, from its failure reason and the run's retry count.
-    will_retry: bool = False
-    retry_decided: bool = False  # the tag is there (only on instances with run retries enabled)
+    # Dagster's decision whether run retries (retry layer 3) re-execute a failed run: "true" or
+    # "false", tagged just after the failure on instances with run retries; None until then.
+    retry_decision: str | None = None
 
 
 def roadmap_of_key(key: str) -> str | None:
@@ -91,8 +90,7 @@ def _describe(record: RunRecord, ordering: Sequence[str]) -> FinishedRun:
         concept_keys=tuple(k for k in keys if "/" in k),
         roadmap_ids=roadmaps,
         content_assets=frozenset(selection & set(CONTENT_ASSETS)),
-        will_retry=run.tags.get(WILL_RETRY_TAG) == "true",
-        retry_decided=WILL_RETRY_TAG in run.tags,
+        retry_decision=run.tags.get(WILL_RETRY_TAG),
     )
 
 
