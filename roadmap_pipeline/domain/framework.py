@@ -129,6 +129,32 @@ def load_framework(document: Any) -> Framework:
         raise FrameworkError([_describe_error(document, err) for err in exc.errors()]) from None
 
 
+def well_formed(document: Any) -> bool:
+    """The tree's shape (stages > modules > concepts with string ids), read without validating
+    anything else: cheap enough for every write."""
+    if not isinstance(document, dict) or not isinstance(document.get("stages"), list):
+        return False
+    for stage in document["stages"]:
+        if not isinstance(stage, dict) or not isinstance(stage.get("modules"), list):
+            return False
+        for module in stage["modules"]:
+            if not isinstance(module, dict) or not isinstance(module.get("concepts"), list):
+                return False
+            for concept in module["concepts"]:
+                if not isinstance(concept, dict) or not isinstance(concept.get("concept_id"), str):
+                    return False
+    return True
+
+
+def concept_nodes(document: Any) -> Iterator[dict[str, Any]]:
+    """The concept dicts of a well-formed document, in document order (mutable in place)."""
+    if not well_formed(document):
+        return
+    for stage in document["stages"]:
+        for module in stage["modules"]:
+            yield from module["concepts"]
+
+
 def validate_submission(document: Any) -> Framework:
     """The rules for a document we write: ids, uniqueness, references, statuses and limits."""
     framework = load_framework(document)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, String, Text, bindparam, cast, select, text, update
 
+from roadmap_pipeline.domain.framework import concept_nodes, well_formed
 from roadmap_pipeline.domain.statuses import (
     ITEM_FIELDS,
     RETRY_TASK_ITEM,
@@ -168,12 +169,12 @@ def _sync_batch(
     new_documents: dict[str, Any] = {}
     concept_seen = False
     for roadmap_id, document in documents.items():
-        if not _well_formed(document):
+        if not well_formed(document):
             report.skipped.append(f"{roadmap_id}: framework_data is malformed (needs a human)")
             continue
         updated = copy.deepcopy(document)
         changes: list[EntryChange] = []
-        for node in _concept_nodes(updated):
+        for node in concept_nodes(updated):
             cid = node["concept_id"]
             if concept_id is not None and cid != concept_id:
                 continue
@@ -263,30 +264,6 @@ def _roadmaps_with_pending_task(conn: Connection, roadmap_ids: Sequence[str]) ->
     return {rid for rid in conn.execute(query).scalars() if rid is not None}
 
 
-def _well_formed(document: Any) -> bool:
-    if not isinstance(document, dict) or not isinstance(document.get("stages"), list):
-        return False
-    for stage in document["stages"]:
-        if not isinstance(stage, dict) or not isinstance(stage.get("modules"), list):
-            return False
-        for module in stage["modules"]:
-            if not isinstance(module, dict) or not isinstance(module.get("concepts"), list):
-                return False
-            for concept in module["concepts"]:
-                if not isinstance(concept, dict) or not isinstance(concept.get("concept_id"), str):
-                    return False
-    return True
-
-
-def _concept_nodes(document: Any) -> Iterator[dict[str, Any]]:
-    """The concept dicts of a well-formed document, in document order (mutable in place)."""
-    if not _well_formed(document):
-        return
-    for stage in document["stages"]:
-        for module in stage["modules"]:
-            yield from module["concepts"]
-
-
 def _sync_node(
     roadmap_id: str,
     node: dict[str, Any],
@@ -372,7 +349,7 @@ def task_outcome(document: Any, task_type: str, concept_id: str | None, roadmap_
     )
     completed = failed = active = 0
     failed_items: dict[str, list[str]] = {}
-    for node in _concept_nodes(document):
+    for node in concept_nodes(document):
         cid = node["concept_id"]
         if retry_item is not None and cid not in (concept_id, f"{roadmap_id}:{concept_id}"):
             continue
@@ -406,7 +383,7 @@ def _roll_up_tasks(
         is_current = task.roadmap_id not in seen
         seen.add(task.roadmap_id)
         document = documents.get(task.roadmap_id)
-        if document is None or not _well_formed(document):
+        if document is None or not well_formed(document):
             continue
         outcome = task_outcome(document, task.task_type, task.concept_id, task.roadmap_id)
         target = _target_status(task.status, outcome, is_current, task.failed_concepts)

@@ -23,7 +23,12 @@ from roadmap_pipeline.domain.content import (
     ResourcesContent,
     TutorialContent,
 )
-from roadmap_pipeline.domain.framework import Framework, load_framework, validate_submission
+from roadmap_pipeline.domain.framework import (
+    Framework,
+    concept_nodes,
+    load_framework,
+    validate_submission,
+)
 from roadmap_pipeline.domain.statuses import ItemType, TaskStatus, TaskType
 from roadmap_pipeline.store.database import lock_concept, transaction
 from roadmap_pipeline.store.schema import (
@@ -308,7 +313,21 @@ def require_roadmaps(conn: Connection, roadmap_ids: Iterable[str]) -> None:
 
 
 def require_concept(conn: Connection, roadmap_id: str, concept_id: str) -> None:
-    framework = require_roadmap(conn, roadmap_id)
+    """Raise unless the roadmap exists and holds the concept.
+
+    Every item write asks this, so the common case reads the tree's ids without validating the
+    whole document (validation was most of a write's CPU time); a miss takes the full load, whose
+    error names what is wrong (no roadmap, a malformed document, no such concept)."""
+    document = conn.execute(
+        select(RoadmapMetadata.framework_data).where(
+            RoadmapMetadata.roadmap_id == roadmap_id, RoadmapMetadata.deleted_at.is_(None)
+        )
+    ).scalar_one_or_none()
+    if any(node["concept_id"] == concept_id for node in concept_nodes(document)):
+        return
+    if document is None:
+        raise UnknownRoadmap(f"no roadmap {roadmap_id!r} in roadmap_metadata")
+    framework = load_framework(document)
     if concept_id not in {c.concept_id for c in framework.concepts()}:
         raise UnknownConcept(f"roadmap {roadmap_id!r} has no concept {concept_id!r}")
 

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, update
 
 from roadmap_pipeline.domain.content import QuizContent, ResourcesContent, TutorialContent
-from roadmap_pipeline.domain.framework import validate_submission
+from roadmap_pipeline.domain.framework import FrameworkError, validate_submission
 from roadmap_pipeline.domain.statuses import ItemType
 from roadmap_pipeline.generation.generator import ConceptContext
 from roadmap_pipeline.generation.offline import OfflineGenerator
 from roadmap_pipeline.samples import synthetic_framework
 from roadmap_pipeline.store.activity import NothingRunning
-from roadmap_pipeline.store.schema import OWN_TABLE_NAMES, SERVICE_TABLE_NAMES
+from roadmap_pipeline.store.schema import OWN_TABLE_NAMES, SERVICE_TABLE_NAMES, RoadmapMetadata
 from roadmap_pipeline.store.sync import sync_concept, sync_roadmaps
 from roadmap_pipeline.store.writers import (
     RoadmapConflict,
@@ -217,6 +218,30 @@ def test_items_of_unknown_roadmaps_or_concepts_are_refused(submitted: Engine) ->
         save_item(submitted, "rm-none", CONCEPT, content(ItemType.QUIZ), "gen-x")
     with pytest.raises(UnknownConcept):
         save_item(submitted, RID, f"{RID}:nope", content(ItemType.QUIZ), "gen-y")
+    assert snapshot(submitted, ALL_TABLES) == rows
+
+
+def test_items_of_deleted_or_malformed_roadmaps_are_refused(submitted: Engine) -> None:
+    """The cheap concept lookup of every write falls back to the full load, which names the
+    problem, whenever it does not find the concept in a well-formed tree."""
+    with submitted.begin() as conn:
+        conn.execute(
+            update(RoadmapMetadata)
+            .where(RoadmapMetadata.roadmap_id == RID)
+            .values(deleted_at=datetime(2026, 1, 2, 3, 4))
+        )
+    with pytest.raises(UnknownRoadmap, match="no roadmap"):
+        save_item(submitted, RID, CONCEPT, content(ItemType.QUIZ), "gen-deleted")
+
+    with submitted.begin() as conn:
+        conn.execute(
+            update(RoadmapMetadata)
+            .where(RoadmapMetadata.roadmap_id == RID)
+            .values(deleted_at=None, framework_data={"roadmap_id": RID, "stages": "oops"})
+        )
+    rows = snapshot(submitted, ALL_TABLES)
+    with pytest.raises(FrameworkError, match="stages"):
+        save_item(submitted, RID, CONCEPT, content(ItemType.QUIZ), "gen-malformed")
     assert snapshot(submitted, ALL_TABLES) == rows
 
 
