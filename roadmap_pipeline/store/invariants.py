@@ -393,7 +393,7 @@ resource_checks AS (
     SELECT x.roadmap_id, x.concept_id, x.row_id, x.resources_count, x.is_list,
            CASE WHEN x.is_list THEN jsonb_array_length(x.doc) END AS n, e.n_bad, e.first_bad
     FROM (SELECT d.roadmap_id, d.concept_id, CAST(d.id AS TEXT) AS row_id, d.resources_count,
-                 jsonb_typeof(y.doc) = 'array' AS is_list, y.doc
+                 COALESCE(jsonb_typeof(y.doc) = 'array', FALSE) AS is_list, y.doc
           FROM resource_recommendation_metadata d
           CROSS JOIN LATERAL ({_PG_DOCUMENT.format(column="d.resources")}) AS y
           WHERE {_content_scope("d")}{{resources_candidates}}) AS x
@@ -406,7 +406,7 @@ quiz_checks AS (
            e.n, e.n_easy, e.n_medium, e.n_hard, e.n_bad, e.first_bad
     FROM (SELECT d.roadmap_id, d.concept_id, CAST(d.quiz_id AS TEXT) AS row_id,
                  d.total_questions, d.easy_count, d.medium_count, d.hard_count,
-                 jsonb_typeof(y.doc) = 'array' AS is_list, y.doc
+                 COALESCE(jsonb_typeof(y.doc) = 'array', FALSE) AS is_list, y.doc
           FROM quiz_metadata d
           CROSS JOIN LATERAL ({_PG_DOCUMENT.format(column="d.questions")}) AS y
           WHERE {_content_scope("d")}{{quiz_candidates}}) AS x
@@ -1022,11 +1022,16 @@ FROM tasks WHERE status = 'processing'""",
 
 
 # Where the row functions and their partial indexes hold (content_checks_indexed), only the rows
-# they find invalid are parsed again, for the detail.
+# they find invalid are parsed again, for the detail. A SQL NULL document (possible in a service
+# database whose columns allow it) is not a list, as on SQLite; the functions leave it undecided
+# (NULL), so those rows come from the IS NULL partial indexes of migration 0006.
 _CANDIDATES = {
-    "{quiz_candidates}": " AND " + content_check_call(QUIZ_CHECK_FUNCTION, QUIZ_CHECK_ARGS, "d"),
-    "{resources_candidates}": " AND "
-    + content_check_call(RESOURCES_CHECK_FUNCTION, RESOURCES_CHECK_ARGS, "d"),
+    "{quiz_candidates}": " AND (d.questions IS NULL OR "
+    + content_check_call(QUIZ_CHECK_FUNCTION, QUIZ_CHECK_ARGS, "d")
+    + ")",
+    "{resources_candidates}": " AND (d.resources IS NULL OR "
+    + content_check_call(RESOURCES_CHECK_FUNCTION, RESOURCES_CHECK_ARGS, "d")
+    + ")",
 }
 
 
@@ -1085,7 +1090,8 @@ _CONTENT_INDEXED_SQL = text(
 
 def content_checks_indexed(conn: Connection) -> bool:
     """Whether the row functions exist with exactly today's texts and their partial indexes are
-    valid (PostgreSQL databases at migration 0005 or later); otherwise every document is parsed."""
+    valid, the NULL-document indexes included (PostgreSQL databases at migration 0006 or later);
+    otherwise every document is parsed."""
     if conn.dialect.name != "postgresql":
         return False
     indexes, functions = conn.execute(

@@ -24,7 +24,7 @@ from roadmap_pipeline.store.schema import SERVICE_TABLE_NAMES
 MIGRATIONS = Path(__file__).parent / "migrations"
 BASELINE = "0001"
 OWN_TABLES_REVISION = "0002"
-HEAD = "0005"
+HEAD = "0006"
 
 
 class DatabaseState(StrEnum):

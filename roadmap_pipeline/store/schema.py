@@ -63,7 +63,10 @@ QUIZ_CHECK_ARGS = ("questions", "total_questions", "easy_count", "medium_count",
 RESOURCES_CHECK_ARGS = ("resources", "resources_count")
 IX_QUIZ_INVALID = "ix_quiz_metadata_invalid_v1"
 IX_RESOURCES_INVALID = "ix_resource_recommendation_metadata_invalid_v1"
-CONTENT_CHECK_INDEXES = (IX_QUIZ_INVALID, IX_RESOURCES_INVALID)
+# The rows whose document is SQL NULL (the functions cannot call them invalid: NULL in, NULL out).
+IX_QUIZ_NULL = "ix_quiz_metadata_questions_null"
+IX_RESOURCES_NULL = "ix_resource_recommendation_metadata_resources_null"
+CONTENT_CHECK_INDEXES = (IX_QUIZ_INVALID, IX_RESOURCES_INVALID, IX_QUIZ_NULL, IX_RESOURCES_NULL)
 # Each item's current-row fields in index order (index-only scans for the fleet check: the rows
 # it joins to framework_data without reading the documents' heap pages, already sorted).
 IX_RESOURCES_CURRENT = "ix_resource_recommendation_metadata_current"
@@ -215,6 +218,12 @@ class ResourceRecommendationMetadata(Base):
         ),
         Index(IX_RESOURCES_CURRENT, "roadmap_id", "concept_id", "id", "resources_count"),
         _invalid_rows_index(IX_RESOURCES_INVALID, RESOURCES_CHECK_FUNCTION, RESOURCES_CHECK_ARGS),
+        Index(
+            IX_RESOURCES_NULL,
+            "roadmap_id",
+            postgresql_where=text("resources IS NULL"),
+            sqlite_where=text("resources IS NULL"),
+        ),
         Index(None, "generated_at"),
     )
 
@@ -236,6 +245,12 @@ class QuizMetadata(Base):
         Index(UQ_QUIZ, "roadmap_id", "concept_id", unique=True),
         Index(IX_QUIZ_CURRENT, "roadmap_id", "concept_id", "quiz_id", "total_questions"),
         _invalid_rows_index(IX_QUIZ_INVALID, QUIZ_CHECK_FUNCTION, QUIZ_CHECK_ARGS),
+        Index(
+            IX_QUIZ_NULL,
+            "roadmap_id",
+            postgresql_where=text("questions IS NULL"),
+            sqlite_where=text("questions IS NULL"),
+        ),
         Index(None, "generated_at"),
     )
 

@@ -269,6 +269,41 @@ def test_invalid_resources_and_counts_are_reported(fleet: Engine) -> None:
     assert details[1] == "resource #2: relevance_score 1.5 is not within 0..1"
 
 
+def _allow_null(engine: Engine, table: str, column: str) -> None:
+    """Make a column nullable, as a service database built without migrations may have it."""
+    if engine.dialect.name == "postgresql":
+        execute(engine, f"ALTER TABLE {table} ALTER COLUMN {column} DROP NOT NULL")
+        return
+    # SQLite cannot drop NOT NULL; a copy made by CREATE TABLE AS has no constraints.
+    execute(engine, f"CREATE TABLE nullable_copy AS SELECT * FROM {table}")
+    execute(engine, f"DROP TABLE {table}")
+    execute(engine, f"ALTER TABLE nullable_copy RENAME TO {table}")
+
+
+def test_a_null_document_is_not_a_list_on_both_dialects(fleet: Engine) -> None:
+    """A quiz or resources row whose document is SQL NULL breaks invariant 7 the same way on
+    SQLite and PostgreSQL (there, through the IS NULL partial indexes the indexed check reads)."""
+    _allow_null(fleet, "quiz_metadata", "questions")
+    _allow_null(fleet, "resource_recommendation_metadata", "resources")
+    execute(fleet, "UPDATE quiz_metadata SET questions = NULL WHERE concept_id = :c", c=cid(2))
+    execute(
+        fleet,
+        "UPDATE resource_recommendation_metadata SET resources = NULL WHERE concept_id = :c",
+        c=cid(3),
+    )
+
+    found = verify(fleet)
+
+    assert keys(found) == {
+        (RID, cid(2), "quiz", "invalid_content"),
+        (RID, cid(3), "resources", "invalid_content"),
+    }
+    assert sorted(v.detail.split(": ", 1)[1] for v in found) == [
+        "questions is not a list",
+        "resources is not a list",
+    ]
+
+
 def test_zombie_items_are_judged_by_the_activity_seam(fleet: Engine) -> None:
     for table in ("tutorial_metadata", "resource_recommendation_metadata", "quiz_metadata"):
         execute(fleet, f"DELETE FROM {table} WHERE concept_id = :c", c=cid(3))
@@ -757,6 +792,7 @@ def test_postgres_content_checks_use_the_row_functions_and_find_the_same_rows(
         assert {(r[0], r[1], r[2]) for r in results[0]} == {
             ("rm-2", cid(3, "rm-2"), "quiz"),
             ("rm-3", cid(1, "rm-3"), "resources"),
+            ("rm-4", cid(1, "rm-4"), "quiz"),  # questions is not a list (NULL)
             ("rm-4", cid(2, "rm-4"), "quiz"),  # counts (total null) differ from the questions
         }
         # Someone replaced the function under the index: the check stops trusting the index.
