@@ -29,6 +29,8 @@ from sqlalchemy.engine import make_url
 from roadmap_pipeline import environment as env
 
 T = TypeVar("T")
+# The code location a deployment loads (its name in GraphQL selectors).
+LOCATION_NAME = "roadmap_pipeline"
 
 
 def instance_config(
@@ -156,7 +158,7 @@ def dagster_deployment(
         yaml.safe_dump(
             {
                 "load_from": [
-                    {"python_module": {"module_name": module, "location_name": "roadmap_pipeline"}}
+                    {"python_module": {"module_name": module, "location_name": LOCATION_NAME}}
                 ]
             }
         )

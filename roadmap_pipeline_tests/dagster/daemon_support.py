@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from roadmap_pipeline.store.database import connect, create_store_engine
 from roadmap_pipeline.store.migrate import init_db
 from roadmap_pipeline.store.schema import RoadmapTask
+from roadmap_pipeline.testing.dagster_harness import LOCATION_NAME, wait_for
 
 TERMINAL = ("completed", "partial_failure", "failed")
 
@@ -98,6 +99,68 @@ def graphql(url: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
     if payload.get("errors"):
         raise AssertionError(f"GraphQL errors: {payload['errors']}")
     return payload["data"]
+
+
+_SENSOR = """
+query Sensor($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { id sensorState { status ticks(limit: 1) { status } } }
+  }
+}
+"""
+_STOP_SENSOR = """
+mutation Stop($id: String!) {
+  stopSensor(id: $id) {
+    __typename
+    ... on StopSensorMutationResult { instigationState { status } }
+  }
+}
+"""
+_START_SENSOR = """
+mutation Start($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) { __typename ... on Sensor { sensorState { status } } }
+}
+"""
+
+
+def _sensor(graphql_url: str, selector: dict[str, str]) -> dict[str, Any]:
+    found: dict[str, Any] = graphql(graphql_url, _SENSOR, {"selector": selector})["sensorOrError"]
+    assert found["__typename"] == "Sensor", found
+    return found
+
+
+@contextmanager
+def sensors_paused(graphql_url: str, names: list[str]) -> Iterator[None]:
+    """Stop sensors the way the UI's toggle does, and start them again on leaving.
+
+    Each has ticked first, so that its cursor holds its place: started again, it handles what
+    happened while it was stopped (a sensor stopped before its first tick would start from
+    then)."""
+    selectors = [
+        {
+            "repositoryLocationName": LOCATION_NAME,
+            "repositoryName": "__repository__",
+            "sensorName": name,
+        }
+        for name in names
+    ]
+    for selector in selectors:
+        wait_for(
+            lambda selector=selector: _sensor(graphql_url, selector)["sensorState"]["ticks"],
+            120,
+            1,
+            f"sensor {selector['sensorName']} to tick",
+        )
+        sensor_id = _sensor(graphql_url, selector)["id"]
+        stopped = graphql(graphql_url, _STOP_SENSOR, {"id": sensor_id})["stopSensor"]
+        assert stopped["instigationState"]["status"] == "STOPPED", stopped
+    try:
+        yield
+    finally:
+        for selector in selectors:
+            started = graphql(graphql_url, _START_SENSOR, {"selector": selector})["startSensor"]
+            assert started["sensorState"]["status"] == "RUNNING", started
 
 
 def describe_runs(instance: dg.DagsterInstance, roadmap_id: str) -> str:

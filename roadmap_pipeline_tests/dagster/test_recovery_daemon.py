@@ -41,6 +41,7 @@ from roadmap_pipeline_tests.dagster.daemon_support import (
     data_schema,
     describe_runs,
     graphql,
+    sensors_paused,
     task_of,
 )
 
@@ -52,6 +53,8 @@ PERMANENT = "permanent-r"
 PERMANENT_KEYS = [f"{PERMANENT}/c-1-2-1", f"{PERMANENT}/c-1-2-2", f"{PERMANENT}/c-1-2-3"]
 KILLED_CONCEPT = f"{INCIDENT_ROADMAP}/c-3-2-3"  # the 28th of 30, generated one at a time
 ALWAYS = 1000
+SETTLEMENT_SENSOR = "roadmap_settlement"
+RETRY_SENSOR = "failed_partition_retry"
 
 
 @pytest.fixture(scope="module")
@@ -145,30 +148,38 @@ def test_the_incident_replayed_recovers_without_a_human(
     deployment: Deployment, data_url: str, counters: Path
 ) -> None:
     engine = create_store_engine(data_url)
-    submit_roadmap(engine, load_sample(INCIDENT_ROADMAP))
-    wait_for(lambda: kill_happened(counters), 300, 0.2, "the run to be killed at concept 28")
-    # Dagster learns of the death from run monitoring (a poll every few seconds); until then the
-    # run counts as running and the task's processing is legitimate.
-    wait_for(
-        lambda: (
-            not DagsterActivity(deployment.instance).active(None).covers_roadmap(INCIDENT_ROADMAP)
-        ),
-        120,
-        0.5,
-        "Dagster to mark the killed run failed",
-    )
-    # The incident's state: rows committed for 27 concepts, framework_data untouched, task
-    # processing, and no run alive. The checks flag exactly that (stuck-task recovery waits
-    # for the task to have been still for 30 s, fault_defs.py).
-    before = content_rows(engine, INCIDENT_ROADMAP)
-    assert len(before) == 81
-    with connect(engine) as conn:
-        found = find_violations(conn, Scope.roadmap(INCIDENT_ROADMAP), NothingRunning())
-    assert sum(1 for v in found if v.rule is Rule.ITEM_NOT_MARKED) == 81
-    checks = check_roadmap_now(deployment, data_url, INCIDENT_ROADMAP)
-    assert checks["roadmap_consistent"]["passed"] is False
-    assert checks["roadmap_consistent"]["counts_by_rule"] == {"item_not_marked": 81}
-    assert checks["task_status_agrees"]["passed"] is False
+    # The sensors that react to a finished run (settling the roadmap, retrying failed
+    # partitions) act within seconds of the death; they are held, as an operator can in the UI,
+    # while the test looks at the incident's state, and started again to recover it.
+    with sensors_paused(deployment.graphql_url, [SETTLEMENT_SENSOR, RETRY_SENSOR]):
+        submit_roadmap(engine, load_sample(INCIDENT_ROADMAP))
+        wait_for(lambda: kill_happened(counters), 300, 0.2, "the run to be killed at concept 28")
+        # Dagster learns of the death from run monitoring (a poll every few seconds); until then
+        # the run counts as running and the task's processing is legitimate.
+        wait_for(
+            lambda: (
+                not DagsterActivity(deployment.instance)
+                .active(None)
+                .covers_roadmap(INCIDENT_ROADMAP)
+            ),
+            120,
+            0.5,
+            "Dagster to mark the killed run failed",
+        )
+        # The incident's state: rows committed for 27 concepts, framework_data untouched, task
+        # processing, and no run alive. The checks flag exactly that (stuck-task recovery waits
+        # for the task to have been still for 30 s, fault_defs.py).
+        before = content_rows(engine, INCIDENT_ROADMAP)
+        assert len(before) == 81
+        with connect(engine) as conn:
+            found = find_violations(conn, Scope.roadmap(INCIDENT_ROADMAP), NothingRunning())
+        assert sum(1 for v in found if v.rule is Rule.ITEM_NOT_MARKED) == 81
+        checks = check_roadmap_now(deployment, data_url, INCIDENT_ROADMAP)
+        assert checks["roadmap_consistent"]["passed"] is False
+        assert checks["roadmap_consistent"]["counts_by_rule"] == {"item_not_marked": 81}
+        assert checks["task_status_agrees"]["passed"] is False, describe_runs(
+            deployment.instance, INCIDENT_ROADMAP
+        )
 
     task = wait_for(
         lambda: (
