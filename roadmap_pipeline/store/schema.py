@@ -4,7 +4,8 @@ These mappings describe what a database that roadmap_pipeline creates looks like
 migration (``store/migrations``). Code reads and writes through them in SQLAlchemy 2.0 style and
 must also work against an adopted service database, where:
 
-- ids may be ``uuid`` or ``varchar`` columns (compare them as text in SQL),
+- ids may be ``uuid`` or ``varchar`` columns (compare them as text in SQL; :class:`RowId` binds
+  them untyped, so that the server casts a written id to whichever the column is),
 - ``framework_data`` and the other documents are ``json`` rather than ``jsonb``,
 - timestamps are naive (we always write naive UTC),
 - no unique constraint exists beyond the primary keys (writers lock instead of relying on them).
@@ -29,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import UserDefinedType
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -40,6 +42,21 @@ NAMING = {
 # jsonb on Postgres (2.8x faster than json there; no re-parse per check), JSON text on SQLite.
 Document = JSON().with_variant(JSONB(), "postgresql")
 ID_LENGTH = 255
+
+
+class RowId(UserDefinedType[str]):
+    """``VARCHAR(255)`` in the tables we create, but bound without a type: the service's own
+    tables may declare these ids ``uuid``, and SQLAlchemy's psycopg dialect casts every String
+    parameter to ``VARCHAR``, which PostgreSQL refuses to store in (or compare with) a ``uuid``
+    column. Untyped, the server reads the text as the column's type, either of them."""
+
+    cache_ok = True
+
+    def __init__(self, length: int = ID_LENGTH) -> None:
+        self.length = length
+
+    def get_col_spec(self, **_: Any) -> str:
+        return f"VARCHAR({self.length})"
 
 
 # The unique indexes that enforce invariant 3 in a database roadmap_pipeline created or upgraded.
@@ -105,7 +122,7 @@ class Base(DeclarativeBase):
 class RoadmapTask(Base):
     __tablename__ = "roadmap_tasks"
 
-    task_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    task_id: Mapped[str] = mapped_column(RowId(), primary_key=True)
     user_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
     status: Mapped[str] = mapped_column(String(32))
     current_step: Mapped[str | None] = mapped_column(String(64))
@@ -147,7 +164,7 @@ class RoadmapMetadata(Base):
 class TutorialMetadata(Base):
     __tablename__ = "tutorial_metadata"
 
-    tutorial_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    tutorial_id: Mapped[str] = mapped_column(RowId(), primary_key=True)
     roadmap_id: Mapped[str] = mapped_column(String(ID_LENGTH))
     concept_id: Mapped[str] = mapped_column(String(ID_LENGTH))
     title: Mapped[str] = mapped_column(String(500))
@@ -201,7 +218,7 @@ class TutorialMetadata(Base):
 class ResourceRecommendationMetadata(Base):
     __tablename__ = "resource_recommendation_metadata"
 
-    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    id: Mapped[str] = mapped_column(RowId(), primary_key=True)
     roadmap_id: Mapped[str] = mapped_column(String(ID_LENGTH))
     concept_id: Mapped[str] = mapped_column(String(ID_LENGTH))
     resources: Mapped[list[Any]] = mapped_column(Document)
@@ -231,7 +248,7 @@ class ResourceRecommendationMetadata(Base):
 class QuizMetadata(Base):
     __tablename__ = "quiz_metadata"
 
-    quiz_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    quiz_id: Mapped[str] = mapped_column(RowId(), primary_key=True)
     roadmap_id: Mapped[str] = mapped_column(String(ID_LENGTH))
     concept_id: Mapped[str] = mapped_column(String(ID_LENGTH))
     questions: Mapped[list[Any]] = mapped_column(Document)

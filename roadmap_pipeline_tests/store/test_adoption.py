@@ -13,10 +13,17 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, text
 
 from roadmap_pipeline.cli import main
+from roadmap_pipeline.domain.statuses import ItemType
+from roadmap_pipeline.generation.generator import ConceptContext, generate_item
+from roadmap_pipeline.generation.offline import OfflineGenerator
 from roadmap_pipeline.samples import IncidentState
+from roadmap_pipeline.store.activity import NothingRunning
 from roadmap_pipeline.store.database import connect
-from roadmap_pipeline.store.migrate import DatabaseState, database_state
+from roadmap_pipeline.store.invariants import Scope, find_violations
+from roadmap_pipeline.store.migrate import DatabaseState, database_state, init_db
 from roadmap_pipeline.store.schema import OWN_TABLE_NAMES, SERVICE_TABLE_NAMES
+from roadmap_pipeline.store.sync import sync_roadmaps
+from roadmap_pipeline.store.writers import require_roadmap, save_item
 from roadmap_pipeline_tests.store.helpers import execute, scalar, snapshot
 
 CONTENT_TABLES = ("tutorial_metadata", "resource_recommendation_metadata", "quiz_metadata")
@@ -176,3 +183,60 @@ def test_verify_and_repair_work_on_a_service_database_before_adoption(
     assert result.exit_code == (1 if command == "verify" else 0), result.output
     assert schema_of(service_engine) == before
     assert database_state(service_engine)[0] is DatabaseState.ADOPTABLE
+
+
+def test_an_adopted_service_database_takes_new_rows_under_its_uuid_ids(
+    service_engine: Engine, service_incident: IncidentState
+) -> None:
+    """The writers insert into the service's tables as they are: on PostgreSQL their ids are
+    native ``uuid`` columns, and new rows, replays and new versions work there too."""
+    engine = service_engine
+    init_db(engine)
+    roadmap_id = service_incident.roadmap_id
+    missing = service_incident.missing_concepts[0]
+    completed = service_incident.completed_concepts[0]
+    with connect(engine) as conn:
+        framework = require_roadmap(conn, roadmap_id)
+    generator = OfflineGenerator()
+
+    def generate(concept_id: str, item: ItemType) -> Any:
+        return generate_item(generator, item, ConceptContext.from_framework(framework, concept_id))
+
+    written = {
+        item: save_item(engine, roadmap_id, missing, generate(missing, item), f"adopted-{item}")
+        for item in ItemType
+    }
+    replayed = save_item(
+        engine, roadmap_id, missing, generate(missing, ItemType.QUIZ), f"adopted-{ItemType.QUIZ}"
+    )
+    version_2 = save_item(
+        engine, roadmap_id, completed, generate(completed, ItemType.TUTORIAL), "adopted-v2"
+    )
+
+    assert not any(w.replayed for w in written.values())
+    assert replayed.replayed
+    assert replayed.row_id == written[ItemType.QUIZ].row_id
+    assert version_2.content_version == 2
+    for table, id_column, item in (
+        ("tutorial_metadata", "tutorial_id", ItemType.TUTORIAL),
+        ("resource_recommendation_metadata", "id", ItemType.RESOURCES),
+        ("quiz_metadata", "quiz_id", ItemType.QUIZ),
+    ):
+        ids = scalar(
+            engine,
+            f"SELECT COUNT(*) FROM {table} WHERE CAST({id_column} AS TEXT) = :id",
+            id=written[item].row_id,
+        )
+        assert ids == 1
+        if engine.dialect.name == "postgresql":
+            assert column_type(engine, table, id_column) == "uuid"
+    latest = scalar(
+        engine,
+        "SELECT COUNT(*) FROM tutorial_metadata WHERE concept_id = :c AND is_latest",
+        c=completed,
+    )
+    assert latest == 1
+    sync_roadmaps(engine, [roadmap_id], NothingRunning())
+    with connect(engine) as conn:
+        found = find_violations(conn, Scope.concept(roadmap_id, missing), NothingRunning())
+    assert found == []
