@@ -279,12 +279,17 @@ def _replace_single_row(
     return str(current)
 
 
-def require_roadmap(conn: Connection, roadmap_id: str) -> Framework:
-    document = conn.execute(
+def _roadmap_document(conn: Connection, roadmap_id: str) -> Any:
+    """The stored framework_data of a roadmap that is not deleted, unparsed; None if none."""
+    return conn.execute(
         select(RoadmapMetadata.framework_data).where(
             RoadmapMetadata.roadmap_id == roadmap_id, RoadmapMetadata.deleted_at.is_(None)
         )
     ).scalar_one_or_none()
+
+
+def require_roadmap(conn: Connection, roadmap_id: str) -> Framework:
+    document = _roadmap_document(conn, roadmap_id)
     if document is None:
         raise UnknownRoadmap(f"no roadmap {roadmap_id!r} in roadmap_metadata")
     return load_framework(document)
@@ -318,11 +323,7 @@ def require_concept(conn: Connection, roadmap_id: str, concept_id: str) -> None:
     Every item write asks this, so the common case reads the tree's ids without validating the
     whole document (validation was most of a write's CPU time); a miss takes the full load, whose
     error names what is wrong (no roadmap, a malformed document, no such concept)."""
-    document = conn.execute(
-        select(RoadmapMetadata.framework_data).where(
-            RoadmapMetadata.roadmap_id == roadmap_id, RoadmapMetadata.deleted_at.is_(None)
-        )
-    ).scalar_one_or_none()
+    document = _roadmap_document(conn, roadmap_id)
     if any(node["concept_id"] == concept_id for node in concept_nodes(document)):
         return
     if document is None:
