@@ -17,6 +17,7 @@ our own writes never produce them.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -32,7 +33,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 from sqlalchemy.engine import URL, make_url
 
-_SETUP_LOCK_KEY = "roadmap_pipeline:checkpoint-setup"
+SETUP_LOCK_KEY = "roadmap_pipeline:checkpoint-setup"
+_SETUP_POLL_START_S = 0.02
+_SETUP_POLL_MAX_S = 0.5
 _ACCEPTED_TYPES = frozenset({"null", "bytes", "bytearray", "msgpack"})
 
 
@@ -158,10 +161,26 @@ def _postgres_checkpointer(conninfo: str, pool_size: int) -> Iterator[PostgresSa
 
 def _setup_serialised(conninfo: str, saver: PostgresSaver) -> None:
     """Run the saver's migrations under an advisory lock: workers starting together on a fresh
-    database would otherwise race on its migration table."""
+    database would otherwise race on its migration table.
+
+    The lock is waited for by polling ``pg_try_advisory_lock``, never by a blocking
+    ``pg_advisory_lock``: the migrations create indexes CONCURRENTLY, which wait for every
+    statement running in the database to end, and a worker blocked inside ``pg_advisory_lock``
+    would be such a statement, waiting in turn for the holder, whose index waits for it: a
+    deadlock that the server cannot see (it runs through the holder's two connections)."""
     with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
-        conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (_SETUP_LOCK_KEY,))
+        delay = _SETUP_POLL_START_S
+        while not _try_setup_lock(conn):
+            time.sleep(delay)
+            delay = min(delay * 2, _SETUP_POLL_MAX_S)
         try:
             saver.setup()
         finally:
-            conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_SETUP_LOCK_KEY,))
+            conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (SETUP_LOCK_KEY,))
+
+
+def _try_setup_lock(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (SETUP_LOCK_KEY,)
+    ).fetchone()
+    return bool(row and row[0])

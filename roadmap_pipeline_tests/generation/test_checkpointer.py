@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from roadmap_pipeline.domain.keys import concept_key
 from roadmap_pipeline.generation.checkpointer import (
+    SETUP_LOCK_KEY,
     PooledPostgresSaver,
     StrictCheckpointSerializer,
     UnsafeCheckpointError,
@@ -24,6 +27,7 @@ from roadmap_pipeline.generation.checkpointer import (
     open_checkpointer,
     psycopg_conninfo,
 )
+from roadmap_pipeline.testing.dagster_harness import wait_for
 
 # msgpack extension code LangGraph uses for "import module.name and call it with *args"
 EXT_CONSTRUCTOR_POS_ARGS = 1
@@ -94,6 +98,49 @@ def test_postgres_checkpointer_has_its_own_bounded_pool(pg_schema_url, driver):
                 )
             }
     assert {"checkpoints", "checkpoint_blobs", "checkpoint_writes"} <= tables
+
+
+def test_a_worker_waiting_to_set_up_checkpoints_holds_back_no_concurrent_index_build(
+    pg_schema_url,
+):
+    """Workers setting up checkpoint tables at once in one database: while one waits for the
+    setup lock, the holder's migrations build indexes CONCURRENTLY, which wait for every running
+    statement of the database. A waiter blocked inside pg_advisory_lock would be one, waiting in
+    turn for the holder: a deadlock the server cannot see. The waiter polls instead."""
+    conninfo = psycopg_conninfo(pg_schema_url)
+    started = time.time()
+    outcome: list[BaseException | None] = []
+
+    def second_worker() -> None:
+        try:
+            with open_checkpointer(pg_schema_url, pool_size=1):
+                outcome.append(None)
+        except BaseException as exc:  # reported by the assertion below
+            outcome.append(exc)
+
+    with psycopg.connect(conninfo, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (SETUP_LOCK_KEY,))
+        worker = threading.Thread(target=second_worker, daemon=True)
+        worker.start()
+        wait_for(
+            lambda: holder.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                "AND query LIKE '%%advisory_lock(hashtextextended%%' "
+                "AND backend_start >= to_timestamp(%s)",
+                (started,),
+            ).fetchone(),
+            timeout_s=30,
+            every_s=0.05,
+            what="the second worker to wait for the setup lock",
+        )
+        with psycopg.connect(conninfo, autocommit=True) as builder:
+            builder.execute("SET statement_timeout = '15s'")
+            builder.execute("CREATE TABLE concurrent_build (x int)")
+            # The holder's own migrations, in effect: it must not wait for the waiting worker.
+            builder.execute("CREATE INDEX CONCURRENTLY ON concurrent_build (x)")
+        holder.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (SETUP_LOCK_KEY,))
+        worker.join(60)
+    assert outcome == [None]
 
 
 def _plant_write(saver: Any, url: str, thread_id: str, type_: str, payload: bytes) -> None:
