@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
+from roadmap_pipeline.orchestration.resources import dispose_engines
 from roadmap_pipeline.store.database import create_store_engine
 from roadmap_pipeline.store.migrate import init_db
 
@@ -38,6 +39,15 @@ def _pg_problem() -> str | None:
         where = make_url(PG_ADMIN_URL).render_as_string(hide_password=True)
         return f"PostgreSQL at {where} is not usable: {exc}"
     return None
+
+
+@pytest.fixture(autouse=True)
+def _close_resource_pools() -> Iterator[None]:
+    """Resources keep one engine per process and URL, as a long-lived code server should; every
+    test has URLs of its own, so the pools it opened are closed after it (else they pile up
+    until the server runs out of connections)."""
+    yield
+    dispose_engines()
 
 
 @pytest.fixture(scope="session")
