@@ -4,6 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# Two workers: the daemon and browser tests (one xdist group) wait on Dagster's ticks for most of
+# their time, which the in-process tests fill on the other core (roadmap_pipeline_tests/conftest.py).
+PYTEST_PARALLEL ?= -n 2 --dist loadgroup
+
 .PHONY: demo test lint typecheck clean dev dev-postgres validate bench browser-deps
 
 # The browser test drives Debian's Chromium through Playwright, which must never download a
@@ -25,7 +29,8 @@ test: $(STAMP) browser-deps
 	$(BIN)/ruff check roadmap_pipeline roadmap_pipeline_tests benchmarks
 	$(BIN)/ruff format --check roadmap_pipeline roadmap_pipeline_tests benchmarks
 	$(BIN)/mypy roadmap_pipeline
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not exclusive"
+	$(BIN)/python -m pytest -m exclusive
 
 # Chromium for the browser test, from Debian's packages when it is missing (CI starts without it).
 browser-deps:

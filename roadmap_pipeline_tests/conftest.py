@@ -3,6 +3,11 @@
 PostgreSQL tests use one schema per test in the ``roadmap_pipeline_test`` database (created when
 missing). When the server is not reachable they fail in CI (``CI=true``) and are skipped, with
 the reason, elsewhere.
+
+``make test`` runs the suite on two pytest-xdist workers (``--dist loadgroup``): the tests that
+start Dagster's daemon or a browser share one group, so that one deployment runs at a time and
+their module fixtures are built once, while the in-process tests fill the other core. Tests
+marked ``exclusive`` (restarting the PostgreSQL server) run afterwards, alone.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from sqlalchemy.engine import make_url
 from roadmap_pipeline.orchestration.resources import dispose_engines
 from roadmap_pipeline.store.database import create_store_engine
 from roadmap_pipeline.store.migrate import init_db
+from roadmap_pipeline.testing.dagster_harness import create_database
 
 PG_ADMIN_URL = os.environ.get(
     "ROADMAP_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -27,14 +33,39 @@ PG_TEST_DB = os.environ.get("ROADMAP_TEST_PG_DB", "roadmap_pipeline_test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """xdist groups: daemon and browser tests together on one worker (the daemon runs are what
+    cost time, and two deployments at once would fight over two cores); a module whose tests
+    share a module fixture (the demo) stays on one worker so that the fixture is built once."""
+    for item in items:
+        if item.get_closest_marker("daemon") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.xdist_group("daemon"))
+        elif "demo" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else ""))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _xdist_groups_applied(request: pytest.FixtureRequest) -> None:
+    """Fail loudly, not slowly, when pytest-xdist could not apply the groups above (it rewrites
+    node ids, which pytest 9.2 no longer honours): two deployments would then run at once."""
+    if not getattr(request.config.option, "loadgroup", False):
+        return
+    ungrouped = [
+        item.nodeid
+        for item in request.session.items
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid
+    ]
+    if ungrouped:
+        pytest.fail(
+            f"pytest-xdist did not apply its groups (e.g. {ungrouped[0]}): this pytest and "
+            "pytest-xdist do not work together; install the versions pyproject.toml pins"
+        )
+
+
 def _pg_problem() -> str | None:
     try:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (PG_TEST_DB,)
-            ).fetchone()
-            if not exists:
-                conn.execute(f'CREATE DATABASE "{PG_TEST_DB}"')
+        create_database(PG_ADMIN_URL, PG_TEST_DB)
     except psycopg.Error as exc:
         where = make_url(PG_ADMIN_URL).render_as_string(hide_password=True)
         return f"PostgreSQL at {where} is not usable: {exc}"

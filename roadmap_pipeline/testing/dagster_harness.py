@@ -119,10 +119,18 @@ class Deployment:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def _pg_database(admin_url: str, name: str) -> str:
+def create_database(admin_url: str, name: str) -> None:
+    """Create a database when it is missing. Two test workers may both find it missing: the
+    loser's CREATE fails on the catalog's unique name, which means it exists now."""
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return
+        with suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
             conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _pg_database(admin_url: str, name: str) -> str:
+    create_database(admin_url, name)
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 

@@ -25,6 +25,7 @@ from roadmap_pipeline.orchestration.resources import (
 )
 from roadmap_pipeline.store.database import create_store_engine
 from roadmap_pipeline.store.migrate import init_db
+from roadmap_pipeline.testing.dagster_harness import create_database
 from roadmap_pipeline_tests.conftest import IN_CI, PG_ADMIN_URL
 
 DAGSTER_TEST_DB = "roadmap_pipeline_dagster_test"
@@ -117,11 +118,7 @@ def pipeline(data_engine: tuple[str, Engine]) -> Iterator[Pipeline]:
 def _dagster_pg_base() -> str:
     base = make_url(PG_ADMIN_URL)
     try:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
-            if not conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (DAGSTER_TEST_DB,)
-            ).fetchone():
-                conn.execute(f'CREATE DATABASE "{DAGSTER_TEST_DB}"')
+        create_database(PG_ADMIN_URL, DAGSTER_TEST_DB)
     except psycopg.Error as exc:
         message = f"PostgreSQL is not usable for Dagster storage: {exc}"
         if IN_CI:

@@ -195,6 +195,7 @@ def restart_postgres() -> None:
     )
 
 
+@pytest.mark.exclusive
 def test_a_postgres_restart_mid_run_ends_with_everything_complete(
     deployment: Deployment, data_url: str
 ) -> None:
