@@ -119,7 +119,16 @@ def test_a_worker_waiting_to_set_up_checkpoints_holds_back_no_concurrent_index_b
             outcome.append(exc)
 
     with psycopg.connect(conninfo, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (SETUP_LOCK_KEY,))
+        # Taken by polling too: a test worker blocked here would itself deadlock with another
+        # test worker's real checkpoint setup (the very shape under test).
+        wait_for(
+            lambda: holder.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (SETUP_LOCK_KEY,)
+            ).fetchone()[0],
+            timeout_s=60,
+            every_s=0.05,
+            what="the checkpoint setup lock",
+        )
         worker = threading.Thread(target=second_worker, daemon=True)
         worker.start()
         wait_for(
@@ -134,7 +143,8 @@ def test_a_worker_waiting_to_set_up_checkpoints_holds_back_no_concurrent_index_b
             what="the second worker to wait for the setup lock",
         )
         with psycopg.connect(conninfo, autocommit=True) as builder:
-            builder.execute("SET statement_timeout = '15s'")
+            # Long enough for other test workers' transactions to end, short of a hang.
+            builder.execute("SET statement_timeout = '60s'")
             builder.execute("CREATE TABLE concurrent_build (x int)")
             # The holder's own migrations, in effect: it must not wait for the waiting worker.
             builder.execute("CREATE INDEX CONCURRENTLY ON concurrent_build (x)")
