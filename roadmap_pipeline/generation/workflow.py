@@ -7,8 +7,11 @@ Why it is shaped like this (DESIGN.md, "Retry and recovery"):
   resumes after its last finished node (``durability="sync"`` persists each step before the next).
 - The node that was running when a process died re-runs. Each node therefore writes its own item
   through the store's idempotent writer, under a generation id fixed when the run STARTED and
-  checkpointed with the input. A re-run node first asks the ledger (``find_generation``): if its
-  write committed before the crash it records the item completed without calling the generator.
+  checkpointed with the input. A node first asks the ledger (the ``content_generations`` rows):
+  if its write committed before the crash it records the item completed without calling the
+  generator. The ledger is read once when a run starts, under the concept's lock, for every
+  generation the run may write; a node's first attempt trusts that read (nobody else writes the
+  concept while the lock is held) and only a retried node asks again.
 - Items are independent: a permanent failure (or transient retries exhausted) is recorded in the
   state as a failed item and the graph goes on to the next item; the Dagster layer turns failed
   items into failed partitions. Only unexpected errors (say the database is away) escape the
@@ -54,6 +57,7 @@ from roadmap_pipeline.store.writers import (
     ItemWrite,
     UnknownConcept,
     find_generation,
+    find_generations,
     require_roadmap,
     save_item,
 )
@@ -140,10 +144,12 @@ class NodeRetrySettings:
 
 @dataclass(frozen=True)
 class RunContext:
-    """Per-invocation context (LangGraph runtime context, never checkpointed): the roadmap's
-    framework, loaded once per run instead of once per node."""
+    """Per-invocation context (LangGraph runtime context, never checkpointed), read once per run
+    instead of once per node: the roadmap's framework, and the ledger's writes for the run's
+    generation ids as they stood when the run took the concept's lock."""
 
     framework: Framework
+    written: Mapping[str, ItemWrite]
 
 
 def _merge_outcomes(
@@ -167,6 +173,12 @@ class ConceptState(TypedDict):
 def generation_id_for(request_id: str, thread_id: str, item: ItemType) -> str:
     """One generation of one item for one request: fixed when a run starts, reused on resume."""
     return str(uuid.uuid5(_GENERATION_NAMESPACE, f"{request_id}\x1f{thread_id}\x1f{item.value}"))
+
+
+def _initial_generation_ids(
+    request_id: str, thread_id: str, items: Iterable[ItemType]
+) -> dict[str, str]:
+    return {i.value: generation_id_for(request_id, thread_id, i) for i in items}
 
 
 def _ordered(items: Iterable[ItemType | str]) -> list[ItemType]:
@@ -221,27 +233,29 @@ class ConceptWorkflow:
                 return {}
             info = runtime.execution_info
             attempt = info.node_attempt if info is not None else self.node_retry.max_attempts
-            framework = runtime.context.framework if runtime.context is not None else None
-            outcome = self._produce(state, item, attempt, framework)
+            outcome = self._produce(state, item, attempt, runtime.context)
             return {"outcomes": {item.value: outcome.to_state()}}
 
         node.__name__ = item.value
         return node
 
     def _produce(
-        self, state: ConceptState, item: ItemType, attempt: int, framework: Framework | None
+        self, state: ConceptState, item: ItemType, attempt: int, run: RunContext | None
     ) -> ItemOutcome:
         roadmap_id, concept_id = state["roadmap_id"], state["concept_id"]
         generation_id = state["generation_ids"][item.value]
-        with connect(self.engine) as conn:
-            done = find_generation(conn, generation_id)
-            if done is None and framework is None:
-                framework = require_roadmap(conn, roadmap_id)
+        if run is not None and attempt == 1:
+            # The run's lock has been held since the ledger was read: a write since then would
+            # be this node's own, and a first attempt has made none.
+            done, framework = run.written.get(generation_id), run.framework
+        else:
+            with connect(self.engine) as conn:
+                done = find_generation(conn, generation_id)
+                framework = run.framework if run else require_roadmap(conn, roadmap_id)
         if done is not None:
             # The write of this generation committed before (a crash after the write, or a
             # second worker on the same request): never generate it again.
             return _completed(item, done, generated=False, attempts=0)
-        assert framework is not None
         context = ConceptContext.from_framework(framework, concept_id, state["preferences"])
         try:
             content = generate_item(self.generator, item, context)
@@ -321,10 +335,15 @@ class ConceptWorkflow:
             # concurrent.futures), which cost the most when many concepts run at once.
             "max_concurrency": 1,
         }
-        context = RunContext(self._load_framework(roadmap_id, concept_id))
-        outcomes: dict[ItemType, ItemOutcome] = {}
         snapshot = self.graph.get_state(config)
         resumed = bool(snapshot.next)
+        fresh_ids = _initial_generation_ids(request_id, thread_id, requested)
+        context = self._run_context(
+            roadmap_id,
+            concept_id,
+            [*((snapshot.values or {}).get("generation_ids") or {}).values(), *fresh_ids.values()],
+        )
+        outcomes: dict[ItemType, ItemOutcome] = {}
         if resumed:
             logger.info("resuming the unfinished run of %s at %s", thread_id, snapshot.next)
             earlier = set((snapshot.values or {}).get("outcomes") or {})
@@ -346,7 +365,7 @@ class ConceptWorkflow:
             resumed = bool(outcomes)
         remaining = [i for i in requested if i not in outcomes]
         if remaining:
-            if self.graph.get_state(config).values:
+            if snapshot.values and self.graph.get_state(config).values:
                 self.checkpointer.delete_thread(thread_id)  # a fresh run, not a merge
             # The reclaimed outcomes travel into the fresh thread: until this caller records
             # them, the thread stays the only evidence that those items are done (a death now,
@@ -376,13 +395,16 @@ class ConceptWorkflow:
             if not snapshot.next:
                 self.checkpointer.delete_thread(thread_id)
 
-    def _load_framework(self, roadmap_id: str, concept_id: str) -> Framework:
-        """The roadmap's tree; UnknownRoadmap/UnknownConcept before any thread is started."""
+    def _run_context(
+        self, roadmap_id: str, concept_id: str, generation_ids: Iterable[str]
+    ) -> RunContext:
+        """The roadmap's tree and the ledger's writes of these generations, in one connection;
+        UnknownRoadmap/UnknownConcept before any thread is started."""
         with connect(self.engine) as conn:
             framework = require_roadmap(conn, roadmap_id)
-        if concept_id not in {c.concept_id for c in framework.concepts()}:
-            raise UnknownConcept(f"roadmap {roadmap_id!r} has no concept {concept_id!r}")
-        return framework
+            if concept_id not in {c.concept_id for c in framework.concepts()}:
+                raise UnknownConcept(f"roadmap {roadmap_id!r} has no concept {concept_id!r}")
+            return RunContext(framework, find_generations(conn, generation_ids))
 
     def _initial_state(
         self,
@@ -399,7 +421,7 @@ class ConceptWorkflow:
             "concept_id": concept_id,
             "request_id": request_id,
             "items": [i.value for i in items],
-            "generation_ids": {i.value: generation_id_for(request_id, thread_id, i) for i in items},
+            "generation_ids": _initial_generation_ids(request_id, thread_id, items),
             "preferences": dict(preferences),
             "outcomes": {i.value: o.to_state() for i, o in (carried or {}).items()},
         }

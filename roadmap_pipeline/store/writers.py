@@ -88,6 +88,25 @@ def find_generation(conn: Connection, generation_id: str) -> ItemWrite | None:
     return ItemWrite(ItemType(row.item), row.row_id, row.content_version, replayed=True)
 
 
+def find_generations(conn: Connection, generation_ids: Iterable[str]) -> dict[str, ItemWrite]:
+    """The writes already made for any of these generations, by generation id (one query)."""
+    wanted = sorted(set(generation_ids))
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        select(
+            ContentGeneration.generation_id,
+            ContentGeneration.item,
+            ContentGeneration.row_id,
+            ContentGeneration.content_version,
+        ).where(ContentGeneration.generation_id.in_(wanted))
+    )
+    return {
+        row.generation_id: ItemWrite(ItemType(row.item), row.row_id, row.content_version, True)
+        for row in rows
+    }
+
+
 def save_item(
     engine: Engine,
     roadmap_id: str,
