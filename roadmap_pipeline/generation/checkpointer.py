@@ -17,7 +17,6 @@ our own writes never produce them.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -33,9 +32,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 from sqlalchemy.engine import URL, make_url
 
+from roadmap_pipeline.generation.polling import poll_until
+
 SETUP_LOCK_KEY = "roadmap_pipeline:checkpoint-setup"
-_SETUP_POLL_START_S = 0.02
-_SETUP_POLL_MAX_S = 0.5
 _ACCEPTED_TYPES = frozenset({"null", "bytes", "bytearray", "msgpack"})
 
 
@@ -169,10 +168,7 @@ def _setup_serialised(conninfo: str, saver: PostgresSaver) -> None:
     would be such a statement, waiting in turn for the holder, whose index waits for it: a
     deadlock that the server cannot see (it runs through the holder's two connections)."""
     with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
-        delay = _SETUP_POLL_START_S
-        while not _try_setup_lock(conn):
-            time.sleep(delay)
-            delay = min(delay * 2, _SETUP_POLL_MAX_S)
+        poll_until(lambda: _try_setup_lock(conn))
         try:
             saver.setup()
         finally:

@@ -20,7 +20,6 @@ import hashlib
 import logging
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -31,12 +30,12 @@ from filelock import FileLock, Timeout
 from sqlalchemy.engine import make_url
 
 from roadmap_pipeline.generation.checkpointer import psycopg_conninfo
+from roadmap_pipeline.generation.polling import POLL_START_S, poll_until
+from roadmap_pipeline.store.database import advisory_key_sql
 
 logger = logging.getLogger(__name__)
 
 _PG_NAMESPACE = "roadmap_pipeline:thread:"
-_POLL_START_S = 0.02
-_POLL_MAX_S = 0.5
 
 
 class ConceptLocks(Protocol):
@@ -123,7 +122,7 @@ class PostgresAdvisoryLocks:
             row = (
                 self._connection()
                 .execute(
-                    "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                    f"SELECT pg_try_advisory_lock({advisory_key_sql('%s')})",
                     (_PG_NAMESPACE + thread_id,),
                 )
                 .fetchone()
@@ -131,14 +130,10 @@ class PostgresAdvisoryLocks:
         return bool(row and row[0])
 
     def _acquire(self, thread_id: str, wait: bool) -> bool:
-        delay = _POLL_START_S
-        while True:
-            if self._try(thread_id):
-                return True
-            if not wait:
-                return False
-            time.sleep(delay)
-            delay = min(delay * 2, _POLL_MAX_S)
+        if not wait:
+            return self._try(thread_id)
+        poll_until(lambda: self._try(thread_id))
+        return True
 
     def _release(self, thread_id: str) -> None:
         with self._mutex:
@@ -147,7 +142,7 @@ class PostgresAdvisoryLocks:
                 return  # the session is gone, and its locks with it
             try:
                 conn.execute(
-                    "SELECT pg_advisory_unlock(hashtextextended(%s, 0))",
+                    f"SELECT pg_advisory_unlock({advisory_key_sql('%s')})",
                     (_PG_NAMESPACE + thread_id,),
                 )
             except psycopg.OperationalError:
@@ -176,7 +171,7 @@ class FileLocks:
         # exclude each other as separate processes do.
         lock = FileLock(self.path_for(thread_id))
         try:
-            lock.acquire(timeout=-1 if wait else 0, poll_interval=_POLL_START_S)
+            lock.acquire(timeout=-1 if wait else 0, poll_interval=POLL_START_S)
         except Timeout:
             yield False
             return

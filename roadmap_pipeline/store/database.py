@@ -150,6 +150,13 @@ def _unavailable_message(engine: Engine, exc: Exception) -> str:
     return f"cannot reach the database {safe_url(engine.url)}: {reason}"
 
 
+def advisory_key_sql(parameter: str) -> str:
+    """The SQL of an advisory-lock key for ``parameter`` (a bound text), scoped to the session's
+    schema: advisory locks belong to the whole database, and two deployments whose tables live in
+    separate schemas of one database must not block each other (nor two test processes)."""
+    return f"hashtextextended(coalesce(current_schema(), '') || chr(31) || {parameter}, 0)"
+
+
 def lock_concept(conn: Connection, roadmap_id: str, concept_id: str) -> None:
     """Serialise writers of one concept's rows until the transaction ends.
 
@@ -158,6 +165,6 @@ def lock_concept(conn: Connection, roadmap_id: str, concept_id: str) -> None:
     """
     if is_postgres(conn):
         conn.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            text(f"SELECT pg_advisory_xact_lock({advisory_key_sql(':key')})"),
             {"key": f"roadmap_pipeline:concept:{roadmap_id}\x1f{concept_id}"},
         )

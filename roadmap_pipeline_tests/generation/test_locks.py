@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from roadmap_pipeline.generation.checkpointer import psycopg_conninfo
 from roadmap_pipeline.generation.locks import FileLocks, PostgresAdvisoryLocks, locks_for
+from roadmap_pipeline.generation.polling import poll_until
+from roadmap_pipeline.store.database import advisory_key_sql, create_store_engine, lock_concept
 from roadmap_pipeline_tests.generation.support import new_locks
 
-KEY = "roadmap-x/c-1-1-1"
+# Advisory locks are per database, not per schema: each test process (an xdist worker) takes
+# keys of its own, so that tests running at once on two workers never hold each other's locks.
+ROADMAP = f"roadmap-{uuid.uuid4().hex[:8]}"
+KEY = f"{ROADMAP}/c-1-1-1"
 
 _HOLDER = """
 import sys, time
@@ -36,7 +45,7 @@ def test_a_second_holder_is_refused_without_waiting(database_url):
         assert held
         with second.hold(KEY, wait=False) as other:
             assert not other
-        with second.hold("roadmap-x/c-1-1-2", wait=False) as unrelated:
+        with second.hold(f"{ROADMAP}/c-1-1-2", wait=False) as unrelated:
             assert unrelated
     with second.hold(KEY, wait=False) as after:
         assert after
@@ -96,7 +105,7 @@ def test_advisory_locks_of_many_concepts_share_one_connection(pg_schema_url):
     results: list[bool] = []
 
     def hold(n: int) -> None:
-        with locks.hold(f"roadmap-x/c-{n}", wait=False) as held:
+        with locks.hold(f"{ROADMAP}/c-{n}", wait=False) as held:
             results.append(held)
             barrier.wait(timeout=10)
             release.wait(timeout=10)
@@ -105,14 +114,15 @@ def test_advisory_locks_of_many_concepts_share_one_connection(pg_schema_url):
     for thread in threads:
         thread.start()
     barrier.wait(timeout=10)  # all five held at once here
+    thread_key = advisory_key_sql("'roadmap_pipeline:thread:' || k")
     with psycopg.connect(psycopg_conninfo(pg_schema_url)) as conn:
         # advisory locks on these five keys (objid holds the low 32 bits of the bigint key)
         held_by = conn.execute(
             "SELECT count(DISTINCT l.pid), count(*) FROM pg_locks l "
             "WHERE l.locktype = 'advisory' AND l.objid::bigint IN ("
-            "  SELECT hashtextextended('roadmap_pipeline:thread:' || k, 0) & 4294967295"
+            f"  SELECT {thread_key} & 4294967295"
             "  FROM unnest(%s::text[]) AS k)",
-            ([f"roadmap-x/c-{n}" for n in range(5)],),
+            ([f"{ROADMAP}/c-{n}" for n in range(5)],),
         ).fetchone()
     release.set()
     for thread in threads:
@@ -170,7 +180,7 @@ def test_a_lost_lock_session_neither_fails_the_release_nor_later_holds(pg_schema
         with psycopg.connect(psycopg_conninfo(pg_schema_url), autocommit=True) as admin:
             row = admin.execute(
                 "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid::bigint = "
-                "hashtextextended(%s, 0) & 4294967295",
+                f"{advisory_key_sql('%s')} & 4294967295",
                 ("roadmap_pipeline:thread:" + KEY,),
             ).fetchone()
             assert row is not None
@@ -184,3 +194,60 @@ def test_a_lost_lock_session_neither_fails_the_release_nor_later_holds(pg_schema
     with locks.hold(KEY, wait=False) as again:
         assert again
     locks.close()
+
+
+def test_poll_until_retries_with_a_growing_delay_until_the_attempt_succeeds():
+    calls: list[float] = []
+
+    def attempt() -> bool:
+        calls.append(time.monotonic())
+        return len(calls) == 4
+
+    poll_until(attempt, start_s=0.01, max_s=0.02)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(calls)]
+    assert len(calls) == 4
+    # Sleeps of 0.01, then 0.02 capped twice: every gap at least its sleep.
+    assert gaps[0] >= 0.01
+    assert gaps[1] >= 0.02
+    assert gaps[2] >= 0.02
+
+
+def test_advisory_locks_are_scoped_to_the_schema(pg_schema_url, pg_database_url):
+    # Advisory locks belong to the database: two deployments whose tables live in separate
+    # schemas of one database must not serialise on each other's concepts.
+    ours, neighbours, ours_again = (
+        PostgresAdvisoryLocks(pg_schema_url),
+        PostgresAdvisoryLocks(pg_database_url),
+        PostgresAdvisoryLocks(pg_schema_url),
+    )
+    try:
+        with ours.hold(KEY, wait=False) as held:
+            assert held
+            with neighbours.hold(KEY, wait=False) as other_schema:
+                assert other_schema
+            with ours_again.hold(KEY, wait=False) as same_schema:
+                assert not same_schema
+    finally:
+        for locks in (ours, neighbours, ours_again):
+            locks.close()
+
+
+def test_the_write_lock_of_a_concept_is_scoped_to_the_schema(pg_schema_url, pg_database_url):
+    first = create_store_engine(pg_schema_url)
+    same_schema, other_schema = (
+        create_store_engine(pg_schema_url),
+        create_store_engine(pg_database_url),
+    )
+    try:
+        with first.begin() as holder:
+            lock_concept(holder, ROADMAP, "c-1-1-1")
+            with other_schema.begin() as conn:
+                conn.execute(text("SET LOCAL lock_timeout = '2s'"))
+                lock_concept(conn, ROADMAP, "c-1-1-1")  # not blocked
+            with same_schema.begin() as conn:
+                conn.execute(text("SET LOCAL lock_timeout = '200ms'"))
+                with pytest.raises(OperationalError, match="lock timeout"):
+                    lock_concept(conn, ROADMAP, "c-1-1-1")
+    finally:
+        for engine in (first, same_schema, other_schema):
+            engine.dispose()
