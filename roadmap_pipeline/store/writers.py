@@ -78,14 +78,7 @@ def content_url(roadmap_id: str, concept_id: str, version: int) -> str:
 
 def find_generation(conn: Connection, generation_id: str) -> ItemWrite | None:
     """The write a generation already made, if any (the workflow asks before generating)."""
-    row = conn.execute(
-        select(
-            ContentGeneration.item, ContentGeneration.row_id, ContentGeneration.content_version
-        ).where(ContentGeneration.generation_id == generation_id)
-    ).one_or_none()
-    if row is None:
-        return None
-    return ItemWrite(ItemType(row.item), row.row_id, row.content_version, replayed=True)
+    return find_generations(conn, [generation_id]).get(generation_id)
 
 
 def find_generations(conn: Connection, generation_ids: Iterable[str]) -> dict[str, ItemWrite]:

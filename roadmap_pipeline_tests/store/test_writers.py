@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +25,8 @@ from roadmap_pipeline.store.writers import (
     RoadmapConflict,
     UnknownConcept,
     UnknownRoadmap,
+    find_generation,
+    find_generations,
     save_item,
     submit_frameworks,
     submit_roadmap,
@@ -122,6 +125,21 @@ def test_an_item_write_replayed_changes_nothing(submitted: Engine, item: ItemTyp
     assert (first.replayed, again.replayed) == (False, True)
     assert (again.row_id, again.content_version) == (first.row_id, first.content_version)
     assert snapshot(submitted, ALL_TABLES) == rows
+
+
+def test_the_ledger_answers_which_generations_were_written(submitted: Engine) -> None:
+    tutorial = save_item(submitted, RID, CONCEPT, content(ItemType.TUTORIAL), "gen-t")
+    quiz = save_item(submitted, RID, CONCEPT, content(ItemType.QUIZ), "gen-q")
+
+    with submitted.connect() as conn:
+        found = find_generations(conn, ["gen-t", "gen-q", "gen-never"])
+        one, none = find_generation(conn, "gen-q"), find_generation(conn, "gen-never")
+
+    assert found == {
+        "gen-t": replace(tutorial, replayed=True),
+        "gen-q": replace(quiz, replayed=True),
+    }
+    assert (one, none) == (replace(quiz, replayed=True), None)
 
 
 @pytest.mark.parametrize("item", list(ItemType))
