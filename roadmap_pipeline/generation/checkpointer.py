@@ -34,7 +34,7 @@ from sqlalchemy.engine import URL, make_url
 
 from roadmap_pipeline.generation.polling import poll_until
 
-SETUP_LOCK_KEY = "roadmap_pipeline:checkpoint-setup"
+_SETUP_LOCK_KEY = "roadmap_pipeline:checkpoint-setup"
 _ACCEPTED_TYPES = frozenset({"null", "bytes", "bytearray", "msgpack"})
 
 
@@ -168,15 +168,23 @@ def _setup_serialised(conninfo: str, saver: PostgresSaver) -> None:
     would be such a statement, waiting in turn for the holder, whose index waits for it: a
     deadlock that the server cannot see (it runs through the holder's two connections)."""
     with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
-        poll_until(lambda: _try_setup_lock(conn))
+        poll_until(lambda: try_setup_lock(conn))
         try:
             saver.setup()
         finally:
-            conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (SETUP_LOCK_KEY,))
+            release_setup_lock(conn)
 
 
-def _try_setup_lock(conn: psycopg.Connection[Any]) -> bool:
+# The setup lock is one per database, not per schema as the concept locks are: index builds
+# CONCURRENTLY wait on every transaction of the database, so setups of separate schemas are
+# kept from running at once as well.
+def try_setup_lock(conn: psycopg.Connection[Any]) -> bool:
+    """Take the checkpoint setup lock on this session if it is free; never waits."""
     row = conn.execute(
-        "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (SETUP_LOCK_KEY,)
+        "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_SETUP_LOCK_KEY,)
     ).fetchone()
     return bool(row and row[0])
+
+
+def release_setup_lock(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_SETUP_LOCK_KEY,))

@@ -19,13 +19,14 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from roadmap_pipeline.domain.keys import concept_key
 from roadmap_pipeline.generation.checkpointer import (
-    SETUP_LOCK_KEY,
     PooledPostgresSaver,
     StrictCheckpointSerializer,
     UnsafeCheckpointError,
     default_checkpoint_url,
     open_checkpointer,
     psycopg_conninfo,
+    release_setup_lock,
+    try_setup_lock,
 )
 from roadmap_pipeline.testing.dagster_harness import wait_for
 
@@ -122,9 +123,7 @@ def test_a_worker_waiting_to_set_up_checkpoints_holds_back_no_concurrent_index_b
         # Taken by polling too: a test worker blocked here would itself deadlock with another
         # test worker's real checkpoint setup (the very shape under test).
         wait_for(
-            lambda: holder.execute(
-                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (SETUP_LOCK_KEY,)
-            ).fetchone()[0],
+            lambda: try_setup_lock(holder),
             timeout_s=60,
             every_s=0.05,
             what="the checkpoint setup lock",
@@ -148,7 +147,7 @@ def test_a_worker_waiting_to_set_up_checkpoints_holds_back_no_concurrent_index_b
             builder.execute("CREATE TABLE concurrent_build (x int)")
             # The holder's own migrations, in effect: it must not wait for the waiting worker.
             builder.execute("CREATE INDEX CONCURRENTLY ON concurrent_build (x)")
-        holder.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (SETUP_LOCK_KEY,))
+        release_setup_lock(holder)
         worker.join(60)
     assert outcome == [None]
 
