@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG, WILL_RETRY_TAG
@@ -45,25 +46,27 @@ class DagsterActivity:
         """Queued and running runs, and failed runs that Dagster's run retries will relaunch
         (their retry is queued work even before it exists)."""
         runs = list(self._instance.get_runs(filters=dg.RunsFilter(statuses=ACTIVE_STATUSES)))
-        failed = self._instance.get_runs(
+        now = time.time()
+        recent = self._instance.get_run_records(
             filters=dg.RunsFilter(
-                statuses=[dg.DagsterRunStatus.FAILURE], tags={WILL_RETRY_TAG: "true"}
+                statuses=[dg.DagsterRunStatus.FAILURE],
+                updated_after=datetime.fromtimestamp(now - RETRY_PROMISE_S, tz=UTC),
             )
         )
-        now = time.time()
         runs += [
-            r
-            for r in failed
-            if r.is_complete_and_waiting_to_retry
-            and now - self._end_time(r.run_id) < RETRY_PROMISE_S
+            record.dagster_run
+            for record in recent
+            if self._retry_pending(record.dagster_run)
+            and now - (record.end_time or record.update_timestamp.timestamp()) < RETRY_PROMISE_S
         ]
         return [r for r in runs if r.run_id != self._exclude]
 
-    def _end_time(self, run_id: str) -> float:
-        record = self._instance.get_run_record_by_id(run_id)
-        if record is None:
-            return 0.0
-        return float(record.end_time or record.update_timestamp.timestamp())
+    def _retry_pending(self, run: dg.DagsterRun) -> bool:
+        if run.tags.get(WILL_RETRY_TAG) is None:
+            # Dagster stores the failure, then tags its retry decision: a run read in between
+            # is one it may still relaunch (a sensor acting then would race its retry).
+            return self._instance.run_retries_enabled
+        return run.is_complete_and_waiting_to_retry
 
     def active(self, roadmap_ids: Iterable[str] | None) -> ActiveWork:
         wanted = None if roadmap_ids is None else set(roadmap_ids)

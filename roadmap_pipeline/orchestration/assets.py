@@ -39,6 +39,7 @@ from roadmap_pipeline.orchestration.keys import (
     ROADMAP_FLEET,
     ROADMAP_FRAMEWORK,
     TUTORIAL,
+    request_of,
 )
 from roadmap_pipeline.orchestration.partitions import CONCEPTS, ROADMAPS, register, roadmap_keys
 from roadmap_pipeline.orchestration.resources import (
@@ -165,7 +166,7 @@ def concept_content(
             workflow,
             targets,
             items,
-            request_id=context.run.root_run_id or context.run_id,
+            request_id=request_of(context.run),
             concurrency=max(1, generator.max_concurrency),
             preferences=preferences,
         )

@@ -35,9 +35,10 @@ from roadmap_pipeline.orchestration.keys import (
     ATTEMPT_TAG,
     CONTENT_ASSETS,
     FRAMEWORK_ENTRY,
+    REQUEST_TAG,
     ROADMAP_TAG,
     SETTLE_CHECKS,
-    TASK_TAG,
+    task_tags,
 )
 from roadmap_pipeline.orchestration.partitions import CONCEPTS, contiguous_ranges, roadmap_keys
 from roadmap_pipeline.orchestration.resources import RoadmapDatabase
@@ -94,6 +95,9 @@ class RetryCursor:
     # Failed runs already counted (run id -> update timestamp): a finished run comes back when
     # its tags change (Dagster adds some after the failure), and must not count twice.
     counted: dict[str, float] = field(default_factory=dict)
+    # The request of the run that failed each "asset|key": its retry serves the same request, so
+    # whatever that run (or a run racing it) wrote is found in the ledger, not generated again.
+    requests: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def start(cls, instance: dg.DagsterInstance) -> "RetryCursor":
@@ -110,10 +114,16 @@ class RetryCursor:
             float(data.get("since", 0.0)),
             dict(data.get("failures", {})),
             dict(data.get("counted", {})),
+            dict(data.get("requests", {})),
         )
 
     def dump(self) -> str:
-        data = {"since": self.since, "failures": self.failures, "counted": self.counted}
+        data = {
+            "since": self.since,
+            "failures": self.failures,
+            "counted": self.counted,
+            "requests": self.requests,
+        }
         return json.dumps(data, sort_keys=True)
 
 
@@ -148,6 +158,7 @@ def _read_failures(instance: dg.DagsterInstance, state: RetryCursor, order: list
                     name = f"{asset_key.to_user_string()}|{key}"
                     count = int(state.failures.get(name, [0, 0])[0]) + 1
                     state.failures[name] = [count, run.updated]
+                    state.requests[name] = run.request_id
     state.counted = {
         run_id: updated
         for run_id, updated in state.counted.items()
@@ -162,6 +173,7 @@ def _read_failures(instance: dg.DagsterInstance, state: RetryCursor, order: list
         for key in keys:
             if key not in order or statuses.get(key) == dg.AssetPartitionStatus.MATERIALIZED:
                 state.failures.pop(f"{asset}|{key}", None)
+    state.requests = {name: r for name, r in state.requests.items() if name in state.failures}
 
 
 def failed_partition_retry_sensor(settings: RetrySettings, running: bool) -> dg.SensorDefinition:
@@ -200,8 +212,9 @@ def failed_partition_retry_sensor(settings: RetrySettings, running: bool) -> dg.
         if not due:
             return dg.SensorResult(cursor=state.dump())
         work = DagsterActivity(instance).active({r for r in map(roadmap_of_key, due) if r})
-        groups: dict[tuple[str, tuple[str, ...]], list[str]] = defaultdict(list)
-        attempts: dict[tuple[str, tuple[str, ...]], int] = {}
+        # One run per (roadmap, failed assets, request): a retry serves the failed run's request.
+        groups: dict[tuple[str, tuple[str, ...], str], list[str]] = defaultdict(list)
+        attempts: dict[tuple[str, tuple[str, ...], str], int] = {}
         for key, failed_assets in due.items():
             roadmap_id = roadmap_of_key(key)
             if roadmap_id is None or key not in order:
@@ -209,20 +222,28 @@ def failed_partition_retry_sensor(settings: RetrySettings, running: bool) -> dg.
             _, short = split_concept_key(key)
             if roadmap_id in work.roadmaps or (roadmap_id, short) in work.concepts:
                 continue  # a run already works on it: never a second one
-            group = (roadmap_id, tuple(sorted(failed_assets)))
-            groups[group].append(key)
-            attempts[group] = max(attempts.get(group, 0), max(failed_assets.values()) + 1)
+            by_request: dict[str, list[str]] = defaultdict(list)
+            for asset in failed_assets:
+                by_request[state.requests.get(f"{asset}|{key}", "")].append(asset)
+            for request_id, names in by_request.items():
+                group = (roadmap_id, tuple(sorted(names)), request_id)
+                groups[group].append(key)
+                tried = max(failed_assets[a] for a in names)
+                attempts[group] = max(attempts.get(group, 0), tried + 1)
         requests: list[dg.RunRequest] = []
-        for (roadmap_id, assets), keys in sorted(groups.items()):
-            attempt = attempts[(roadmap_id, assets)]
+        for group, keys in sorted(groups.items()):
+            roadmap_id, assets, request_id = group
             marker = ",".join(f"{k}:{due[k][a]}" for k in sorted(keys) for a in assets)
+            tags = {ATTEMPT_TAG: str(attempts[group]), PURPOSE_TAG: "retry"}
+            if request_id:
+                tags[REQUEST_TAG] = request_id
             requests += concept_run_requests(
                 roadmap_id,
                 order,
                 keys,
                 [*(dg.AssetKey(a) for a in assets), FRAMEWORK_ENTRY],
-                run_key=f"retry:{roadmap_id}:{hash_marker(marker)}",
-                tags={ATTEMPT_TAG: str(attempt), PURPOSE_TAG: "retry"},
+                run_key=f"retry:{roadmap_id}:{hash_marker(f'{request_id}|{marker}')}",
+                tags=tags,
             )
         return dg.SensorResult(run_requests=requests, cursor=state.dump())
 
@@ -327,7 +348,7 @@ def recovery_requests(
     events = adopted_row_events(roadmap, rows, unrecorded)
     missing = missing_items(load_framework(document), roadmap, rows, pending_task=True)
     marker = f"recover:{task.task_id}:{task.updated_at.isoformat()}"
-    tags = {PURPOSE_TAG: "recovery", TASK_TAG: task.task_id}
+    tags = {PURPOSE_TAG: "recovery", **task_tags(task.task_id)}
     if missing:
         return grouped_run_requests(task.roadmap_id, order, missing, marker, tags), events
     ranges = contiguous_ranges(order, keys)

@@ -19,7 +19,7 @@ from dagster._core.storage.tags import (
 )
 
 from roadmap_pipeline.domain.keys import UnsafeIdError, split_concept_key
-from roadmap_pipeline.orchestration.keys import CONTENT_ASSETS
+from roadmap_pipeline.orchestration.keys import CONTENT_ASSETS, request_of
 
 FINISHED = [
     dg.DagsterRunStatus.SUCCESS,
@@ -40,6 +40,7 @@ class FinishedRun:
     # Dagster's decision whether run retries (retry layer 3) re-execute a failed run: "true" or
     # "false", tagged just after the failure on instances with run retries; None until then.
     retry_decision: str | None = None
+    request_id: str = ""  # the request it served (keys.request_of): its retries serve it too
 
 
 def roadmap_of_key(key: str) -> str | None:
@@ -91,6 +92,7 @@ def _describe(record: RunRecord, ordering: Sequence[str]) -> FinishedRun:
         roadmap_ids=roadmaps,
         content_assets=frozenset(selection & set(CONTENT_ASSETS)),
         retry_decision=run.tags.get(WILL_RETRY_TAG),
+        request_id=request_of(run),
     )
 
 

@@ -28,7 +28,7 @@ from roadmap_pipeline.orchestration.keys import (
     ROADMAP_FRAMEWORK,
     ROADMAP_TAG,
     SETTLE_CHECKS,
-    TASK_TAG,
+    task_tags,
 )
 from roadmap_pipeline.orchestration.partitions import (
     CONCEPTS,
@@ -138,7 +138,7 @@ def intake_sensor(interval_s: int = 10) -> dg.SensorDefinition:
             unrecorded = {(k, a) for k in new_keys for a in CONTENT_ASSETS}
             events += adopted_row_events(keys, rows, unrecorded)
             missing = missing_items(framework, keys, rows, pending_task=bool(candidate.task_id))
-            tags = {TASK_TAG: candidate.task_id} if candidate.task_id else {}
+            tags = task_tags(candidate.task_id) if candidate.task_id else {}
             run_requests += grouped_run_requests(
                 keys.roadmap_id,
                 concept_order,

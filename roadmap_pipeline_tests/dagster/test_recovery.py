@@ -11,7 +11,14 @@ from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
 from sqlalchemy import select, text
 
 from roadmap_pipeline.domain.statuses import TaskStatus
-from roadmap_pipeline.orchestration.keys import ATTEMPT_TAG, FRAMEWORK_ENTRY, QUIZ
+from roadmap_pipeline.orchestration.activity import DagsterActivity
+from roadmap_pipeline.orchestration.keys import (
+    ATTEMPT_TAG,
+    FRAMEWORK_ENTRY,
+    QUIZ,
+    REQUEST_TAG,
+    TUTORIAL,
+)
 from roadmap_pipeline.orchestration.partitions import CONCEPTS
 from roadmap_pipeline.orchestration.recovery import RetrySettings
 from roadmap_pipeline.samples import synthetic_framework
@@ -69,7 +76,7 @@ def test_a_failed_partition_is_retried_alone_and_the_task_completes(
 ) -> None:
     pipeline = pipeline.with_faults(quiz_fails(1, tmp_path))
     cursor = retry_sensor_on(pipeline)
-    first_run(pipeline)
+    first = first_run(pipeline)
     settle(pipeline, None)
     assert task(pipeline).status == TaskStatus.PARTIAL_FAILURE
     with connect(pipeline.engine) as conn:
@@ -81,6 +88,8 @@ def test_a_failed_partition_is_retried_alone_and_the_task_completes(
     assert request.partition_key_range == dg.PartitionKeyRange(*FAILING)
     assert set(request.asset_selection) == {QUIZ, FRAMEWORK_ENTRY}  # only what failed
     assert request.tags[ATTEMPT_TAG] == "2"
+    # The retry serves the task's request, as the failed run did (same generation ids).
+    assert request.tags[REQUEST_TAG] == first.tags[REQUEST_TAG] == f"task:{task(pipeline).task_id}"
     assert pipeline.execute(request).success
     settle(pipeline, None)
 
@@ -227,3 +236,74 @@ def test_recovery_of_a_roadmap_whose_rows_all_exist_only_settles_it(pipeline: Pi
     assert list(request.asset_selection or []) == [FRAMEWORK_ENTRY]
     assert pipeline.execute(request).success
     assert task(pipeline).status == TaskStatus.COMPLETED
+
+
+def tutorial_versions(pipeline: Pipeline) -> list[tuple[str, int]]:
+    with connect(pipeline.engine) as conn:
+        rows = conn.execute(
+            select(TutorialMetadata.tutorial_id, TutorialMetadata.content_version).order_by(
+                TutorialMetadata.tutorial_id
+            )
+        )
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def test_a_recovery_that_runs_after_the_work_was_done_generates_nothing_again(
+    pipeline: Pipeline,
+) -> None:
+    """The recovery sensor decides from the rows at its tick; the run it asks for may run after
+    another run of the same task has filled them (queued behind a crashed run's re-execution,
+    in CI's kill test). Both serve the task's request, so the late run finds every write in the
+    ledger: no new tutorial version, no generator call."""
+    submit_roadmap(pipeline.engine, synthetic_framework(ROADMAP, 4))
+    intake = pipeline.tick("roadmap_intake")
+    assert isinstance(intake, dg.SensorResult)
+    [first] = intake.run_requests
+    recovery = pipeline.tick("stuck_task_recovery")  # the intake's run does not exist yet
+    assert isinstance(recovery, dg.SensorResult)
+    [late] = recovery.run_requests
+    assert late.tags[REQUEST_TAG] == first.tags[REQUEST_TAG]
+
+    assert pipeline.execute(first).success
+    written = tutorial_versions(pipeline)
+    assert len(written) == 4
+    result = pipeline.execute(late)
+    assert result.success
+    assert tutorial_versions(pipeline) == written
+    generated = [
+        event.materialization.metadata["generated"].value
+        for event in result.get_asset_materialization_events()
+        if event.asset_key == TUTORIAL
+    ]
+    assert generated == [False] * 4
+    assert task(pipeline).status == TaskStatus.COMPLETED
+
+
+def test_a_failed_run_counts_as_active_while_dagster_may_still_retry_it(
+    pipeline: Pipeline,
+) -> None:
+    """Dagster stores a run's failure, then tags whether run retries relaunch it: until the
+    tag says no, or the retry exists (and is active itself), the failed run is queued work."""
+    job = pipeline.defs.resolve_job_def("generate_concepts")
+    key = f"{ROADMAP}/c-1-1-1"
+    with dg.instance_for_test(overrides={"run_retries": {"enabled": True}}) as instance:
+        run = instance.create_run_for_job(
+            job, tags={"dagster/partition": key}, status=dg.DagsterRunStatus.FAILURE
+        )
+
+        def covered() -> bool:
+            return DagsterActivity(instance).active(None).covers_concept(ROADMAP, "c-1-1-1")
+
+        assert covered()  # no decision yet
+        instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "false"})
+        assert not covered()
+        instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "true"})
+        assert covered()
+        instance.add_run_tags(run.run_id, {AUTO_RETRY_RUN_ID_TAG: "its-retry"})
+        assert not covered()  # the retry run itself is what counts now
+    # Without run retries nothing relaunches a failed run.
+    other = pipeline.instance.create_run_for_job(
+        job, tags={"dagster/partition": key}, status=dg.DagsterRunStatus.FAILURE
+    )
+    assert other.tags.get(WILL_RETRY_TAG) is None
+    assert not DagsterActivity(pipeline.instance).active(None).covers_concept(ROADMAP, "c-1-1-1")
