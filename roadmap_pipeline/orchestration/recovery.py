@@ -43,6 +43,7 @@ from roadmap_pipeline.orchestration.keys import (
 from roadmap_pipeline.orchestration.partitions import CONCEPTS, contiguous_ranges, roadmap_keys
 from roadmap_pipeline.orchestration.resources import RoadmapDatabase
 from roadmap_pipeline.orchestration.run_history import (
+    finished_recently,
     finished_since,
     last_finished_at,
     roadmap_of_key,
@@ -268,8 +269,9 @@ def stuck_task_recovery_sensor(settings: RecoverySettings) -> dg.SensorDefinitio
             "roadmap (judged from Dagster's run status): relaunches its missing and failed "
             f"content partitions, or settles it when nothing is missing. Tasks older than "
             f"{settings.max_task_age_hours:g}h are left to a human; at most "
-            f"{settings.max_concurrent_recoveries} recoveries run at once; a task must have been "
-            f"still for {settings.delay_s:.0f}s (the moment between intake and its run)."
+            f"{settings.max_concurrent_recoveries} recoveries run at once; a task, and its "
+            f"roadmap's last run, must have been still for {settings.delay_s:.0f}s (the moments "
+            "between intake and its run, and between a run's end and its settlement)."
         ),
     )
     def stuck_task_recovery(
@@ -307,6 +309,10 @@ def stuck_task_recovery_sensor(settings: RecoverySettings) -> dg.SensorDefinitio
             if budget <= 0:
                 break
             if activity.covers_roadmap(task.roadmap_id):
+                continue
+            if finished_recently(instance, {ROADMAP_TAG: task.roadmap_id}, settings.delay_s):
+                # Its last run has just ended: the settlement (or a retry) acts on it first; a
+                # recovery now would retry a concept past the retry cap once more.
                 continue
             keys = [k for k in order if k.startswith(f"{task.roadmap_id}/")]
             if not keys:

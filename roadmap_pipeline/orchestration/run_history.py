@@ -5,6 +5,7 @@ event log does not index a failed partition as an event (its FAILED partition st
 from the planned partitions of failed runs), so a run is the unit both sensors react to.
 """
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,6 +78,22 @@ def last_finished_at(instance: dg.DagsterInstance) -> float:
         limit=1,
     )
     return records[0].update_timestamp.timestamp() if records else 0.0
+
+
+def finished_recently(
+    instance: dg.DagsterInstance, tags: Mapping[str, str], within_s: float
+) -> bool:
+    """Whether a run with these tags finished (or changed after finishing) in the last
+    ``within_s`` seconds: its outcome may not be settled yet."""
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(
+            statuses=FINISHED,
+            tags=dict(tags),
+            updated_after=datetime.fromtimestamp(time.time() - within_s, tz=UTC),
+        ),
+        limit=1,
+    )
+    return bool(records)
 
 
 def _describe(record: RunRecord, ordering: Sequence[str]) -> FinishedRun:

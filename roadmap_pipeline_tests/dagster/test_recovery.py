@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from roadmap_pipeline.domain.statuses import TaskStatus
 from roadmap_pipeline.orchestration.activity import DagsterActivity
@@ -20,10 +21,10 @@ from roadmap_pipeline.orchestration.keys import (
     TUTORIAL,
 )
 from roadmap_pipeline.orchestration.partitions import CONCEPTS
-from roadmap_pipeline.orchestration.recovery import RetrySettings
+from roadmap_pipeline.orchestration.recovery import RecoverySettings, RetrySettings
 from roadmap_pipeline.samples import synthetic_framework
 from roadmap_pipeline.store.activity import NothingRunning
-from roadmap_pipeline.store.database import connect
+from roadmap_pipeline.store.database import connect, transaction
 from roadmap_pipeline.store.invariants import Scope, find_violations
 from roadmap_pipeline.store.schema import RoadmapTask, TutorialMetadata
 from roadmap_pipeline.store.writers import submit_roadmap
@@ -307,3 +308,33 @@ def test_a_failed_run_counts_as_active_while_dagster_may_still_retry_it(
     )
     assert other.tags.get(WILL_RETRY_TAG) is None
     assert not DagsterActivity(pipeline.instance).active(None).covers_concept(ROADMAP, "c-1-1-1")
+
+
+def test_recovery_leaves_a_roadmap_whose_run_just_ended_to_the_settlement(
+    pipeline: Pipeline,
+) -> None:
+    """A task still processing right after its roadmap's last run ended is the settlement's
+    first (a concept past the retry cap must not get one more attempt from recovery)."""
+    waiting = pipeline.with_faults("", recovery=RecoverySettings(delay_s=60))
+    submit_roadmap(waiting.engine, synthetic_framework(ROADMAP, 3))
+    intake = waiting.tick("roadmap_intake")
+    assert isinstance(intake, dg.SensorResult)
+    content_only = intake.run_requests[0].with_replaced_attrs(
+        asset_selection=[
+            a for a in intake.run_requests[0].asset_selection or [] if a != FRAMEWORK_ENTRY
+        ]
+    )
+    assert waiting.execute(content_only).success
+    long_ago = task(waiting).updated_at - timedelta(minutes=10)
+    with transaction(waiting.engine) as conn:  # the task itself has been still for long
+        conn.execute(
+            update(RoadmapTask).where(RoadmapTask.roadmap_id == ROADMAP).values(updated_at=long_ago)
+        )
+    assert task(waiting).status == TaskStatus.PROCESSING
+
+    early = waiting.tick("stuck_task_recovery")
+    assert isinstance(early, dg.SensorResult)
+    assert early.run_requests == []
+    # Once the run's end is as old as the delay (here: no delay), recovery settles it.
+    [settle_run] = pipeline.tick("stuck_task_recovery").run_requests  # type: ignore[union-attr]
+    assert list(settle_run.asset_selection or []) == [FRAMEWORK_ENTRY]
