@@ -9,7 +9,7 @@ from typing import Any
 
 import dagster as dg
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 
 from roadmap_pipeline.domain.statuses import TaskStatus
 from roadmap_pipeline.orchestration.activity import DagsterActivity
@@ -219,20 +219,20 @@ def test_recovery_never_launches_a_second_run_for_a_roadmap_that_has_one(
     assert result.run_requests == []
 
 
-def test_recovery_of_a_roadmap_whose_rows_all_exist_only_settles_it(pipeline: Pipeline) -> None:
+def content_step_only(pipeline: Pipeline) -> None:
+    """A submitted roadmap whose run finished its content step and died before framework_entry
+    ran: every row exists, the task still says processing."""
     submit_roadmap(pipeline.engine, synthetic_framework(ROADMAP, 3))
     intake = pipeline.tick("roadmap_intake")
     assert isinstance(intake, dg.SensorResult)
-    # The content step finished; the process died before framework_entry ran.
-    content_only = intake.run_requests[0].with_replaced_attrs(
-        asset_selection=[
-            a for a in intake.run_requests[0].asset_selection or [] if a != FRAMEWORK_ENTRY
-        ]
-    )
-    assert pipeline.execute(content_only).success
-    with connect(pipeline.engine) as conn:
-        conn.execute(text("SELECT 1"))
+    [request] = intake.run_requests
+    selection = [a for a in request.asset_selection or [] if a != FRAMEWORK_ENTRY]
+    assert pipeline.execute(request.with_replaced_attrs(asset_selection=selection)).success
     assert task(pipeline).status == TaskStatus.PROCESSING
+
+
+def test_recovery_of_a_roadmap_whose_rows_all_exist_only_settles_it(pipeline: Pipeline) -> None:
+    content_step_only(pipeline)
     [request] = pipeline.tick("stuck_task_recovery").run_requests  # type: ignore[union-attr]
     assert list(request.asset_selection or []) == [FRAMEWORK_ENTRY]
     assert pipeline.execute(request).success
@@ -316,15 +316,7 @@ def test_recovery_leaves_a_roadmap_whose_run_just_ended_to_the_settlement(
     """A task still processing right after its roadmap's last run ended is the settlement's
     first (a concept past the retry cap must not get one more attempt from recovery)."""
     waiting = pipeline.with_faults("", recovery=RecoverySettings(delay_s=60))
-    submit_roadmap(waiting.engine, synthetic_framework(ROADMAP, 3))
-    intake = waiting.tick("roadmap_intake")
-    assert isinstance(intake, dg.SensorResult)
-    content_only = intake.run_requests[0].with_replaced_attrs(
-        asset_selection=[
-            a for a in intake.run_requests[0].asset_selection or [] if a != FRAMEWORK_ENTRY
-        ]
-    )
-    assert waiting.execute(content_only).success
+    content_step_only(waiting)
     long_ago = task(waiting).updated_at - timedelta(minutes=10)
     with transaction(waiting.engine) as conn:  # the task itself has been still for long
         conn.execute(
