@@ -27,7 +27,7 @@ import logging
 import operator
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, TypedDict
@@ -465,28 +465,29 @@ def run_concepts(
     concurrency: int,
     on_done: Callable[[ConceptOutcome], None] | None = None,
     preferences: Mapping[str, dict[str, Any]] | None = None,
+    skip: Mapping[tuple[str, str], Collection[ItemType]] | None = None,
 ) -> list[ConceptOutcome]:
     """Run concepts concurrently (at most ``concurrency`` at once); results in target order.
 
     ``on_done`` is called in the calling thread as each concept finishes. An exception in one
     concept becomes failed items for that concept and never stops the others. ``preferences``:
-    the learner's preferences per roadmap id (from its task), given to the generator.
+    the learner's preferences per roadmap id (from its task), given to the generator. ``skip``:
+    items not to run per target; a target left with none is not run and has no outcome.
     """
     wanted = _ordered(items)
     results: list[ConceptOutcome | None] = [None] * len(targets)
     with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="concept") as pool:
-        futures = {
-            pool.submit(
-                _run_guarded,
-                workflow,
-                roadmap_id,
-                concept_id,
-                wanted,
-                request_id,
-                (preferences or {}).get(roadmap_id),
-            ): index
-            for index, (roadmap_id, concept_id) in enumerate(targets)
-        }
+        futures = {}
+        for index, target in enumerate(targets):
+            left = [i for i in wanted if i not in (skip or {}).get(target, ())]
+            if not left:
+                continue
+            roadmap_id, concept_id = target
+            preference = (preferences or {}).get(roadmap_id)
+            future = pool.submit(
+                _run_guarded, workflow, roadmap_id, concept_id, left, request_id, preference
+            )
+            futures[future] = index
         for future in as_completed(futures):
             outcome = future.result()
             results[futures[future]] = outcome

@@ -17,7 +17,7 @@ manager passes content around.
 """
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -34,6 +34,7 @@ from roadmap_pipeline.orchestration.keys import (
     FRAMEWORK_DATA,
     FRAMEWORK_ENTRY,
     ITEM_ASSETS,
+    ITEM_OF_ASSET,
     QUIZ,
     RESOURCES,
     ROADMAP_FLEET,
@@ -47,6 +48,7 @@ from roadmap_pipeline.orchestration.resources import (
     ContentGeneratorResource,
     RoadmapDatabase,
 )
+from roadmap_pipeline.orchestration.run_history import materialized_since_created
 from roadmap_pipeline.store.database import connect
 from roadmap_pipeline.store.invariants import Scope, find_violations, item_states
 from roadmap_pipeline.store.readers import documents, resolve_concept_keys, task_preferences
@@ -161,16 +163,22 @@ def concept_content(
             # that leaves them finished, and its retry reclaims instead of regenerating.
             keep_finished=True,
         )
-        targets = list(resolved.concepts.values())
+        # What another run has materialized since this one was created is done: this run was
+        # decided before that (its backfill or retry saw it failed), and generating it again
+        # would write a second version of work already done.
+        overtaken = materialized_since_created(
+            context.instance, context.run_id, [ITEM_ASSETS[i] for i in items], keys
+        )
         outcomes = run_concepts(
             workflow,
-            targets,
+            list(resolved.concepts.values()),
             items,
             request_id=request_of(context.run),
             concurrency=max(1, generator.max_concurrency),
             preferences=preferences,
+            skip=_items_by_concept(overtaken, resolved.concepts),
         )
-        successes, failures = _content_events(outcomes, items)
+        successes, failures = _content_events(outcomes, items, overtaken)
         failures.update(
             {(item, key): reason for key, reason in resolved.problems.items() for item in items}
         )
@@ -206,14 +214,32 @@ def concept_content(
         workflow.prune_recorded(outcomes)  # recorded in Dagster now
 
 
+def _items_by_concept(
+    pairs: Iterable[tuple[dg.AssetKey, str]], concepts: Mapping[str, tuple[str, str]]
+) -> dict[tuple[str, str], set[ItemType]]:
+    """(asset, partition key) pairs as the items of each (roadmap id, concept id)."""
+    items: dict[tuple[str, str], set[ItemType]] = {}
+    for asset_key, key in pairs:
+        if key in concepts:
+            items.setdefault(concepts[key], set()).add(ItemType(ITEM_OF_ASSET[asset_key]))
+    return items
+
+
 def _content_events(
-    outcomes: Sequence[ConceptOutcome], items: Sequence[ItemType]
+    outcomes: Sequence[ConceptOutcome],
+    items: Sequence[ItemType],
+    overtaken: Mapping[tuple[dg.AssetKey, str], str],
 ) -> tuple[list[tuple[dg.AssetKey, str, dict[str, Any]]], dict[tuple[ItemType, str], str]]:
-    successes: list[tuple[dg.AssetKey, str, dict[str, Any]]] = []
+    successes: list[tuple[dg.AssetKey, str, dict[str, Any]]] = [
+        (asset_key, key, {"generated": False, "materialized_by_run": run_id})
+        for (asset_key, key), run_id in sorted(overtaken.items())
+    ]
     failures: dict[tuple[ItemType, str], str] = {}
     for outcome in outcomes:
         key = outcome.thread_id
         for item in items:
+            if (ITEM_ASSETS[item], key) in overtaken:
+                continue
             result = outcome.items.get(item)
             if result is None or result.status != "completed" or outcome.skipped_locked:
                 reason = (

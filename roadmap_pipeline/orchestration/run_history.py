@@ -96,6 +96,39 @@ def finished_recently(
     return bool(records)
 
 
+def materialized_since_created(
+    instance: dg.DagsterInstance,
+    run_id: str,
+    assets: Sequence[dg.AssetKey],
+    keys: Sequence[str],
+) -> dict[tuple[dg.AssetKey, str], str]:
+    """The (asset, partition) pairs that another run materialized after this run was created,
+    with that run's id: the work this run was asked for has been done since (a UI backfill of
+    failed partitions launched while their automatic retry was running, or the reverse).
+
+    Times are the event log's (this run's first event; the materializations'), both written by
+    Dagster processes, so the comparison holds on the sharded SQLite storage too, where storage
+    ids of different runs are not comparable."""
+    first = instance.get_records_for_run(run_id, limit=1).records
+    if not first or not keys:
+        return {}
+    done: dict[tuple[dg.AssetKey, str], str] = {}
+    for asset in assets:
+        records_filter = dg.AssetRecordsFilter(
+            asset_key=asset, asset_partitions=list(keys), after_timestamp=first[0].timestamp
+        )
+        cursor = None
+        while True:
+            found = instance.fetch_materializations(records_filter, limit=BATCH, cursor=cursor)
+            for record in found.records:
+                if record.run_id != run_id and record.partition_key:
+                    done.setdefault((asset, record.partition_key), record.run_id)
+            if not found.has_more:
+                break
+            cursor = found.cursor
+    return done
+
+
 def _describe(record: RunRecord, ordering: Sequence[str]) -> FinishedRun:
     run = record.dagster_run
     keys = run_keys(run.tags, ordering)

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.job_base import InMemoryJob
+from dagster._core.execution.api import execute_run
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from roadmap_pipeline.domain.statuses import TaskStatus
 from roadmap_pipeline.orchestration.activity import DagsterActivity
@@ -22,11 +24,12 @@ from roadmap_pipeline.orchestration.keys import (
 )
 from roadmap_pipeline.orchestration.partitions import CONCEPTS
 from roadmap_pipeline.orchestration.recovery import RecoverySettings, RetrySettings
+from roadmap_pipeline.orchestration.sensors import range_tags
 from roadmap_pipeline.samples import synthetic_framework
 from roadmap_pipeline.store.activity import NothingRunning
 from roadmap_pipeline.store.database import connect, transaction
 from roadmap_pipeline.store.invariants import Scope, find_violations
-from roadmap_pipeline.store.schema import RoadmapTask, TutorialMetadata
+from roadmap_pipeline.store.schema import ContentGeneration, RoadmapTask, TutorialMetadata
 from roadmap_pipeline.store.writers import submit_roadmap
 from roadmap_pipeline_tests.dagster.conftest import Pipeline
 
@@ -330,3 +333,42 @@ def test_recovery_leaves_a_roadmap_whose_run_just_ended_to_the_settlement(
     # Once the run's end is as old as the delay (here: no delay), recovery settles it.
     [settle_run] = pipeline.tick("stuck_task_recovery").run_requests  # type: ignore[union-attr]
     assert list(settle_run.asset_selection or []) == [FRAMEWORK_ENTRY]
+
+
+def test_a_run_created_before_another_did_its_work_generates_nothing_again(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """An operator backfills the failed quizzes while their automatic retry runs: the backfill's
+    run was created first and runs last, and finds them materialized since by the retry. It
+    writes nothing (the ledger has no new generation) and says which run did the work."""
+    pipeline = pipeline.with_faults(quiz_fails(1, tmp_path))
+    cursor = retry_sensor_on(pipeline)
+    first_run(pipeline)
+    retry = pipeline.tick("failed_partition_retry", cursor)
+    assert isinstance(retry, dg.SensorResult)
+    [request] = retry.run_requests
+    job = pipeline.defs.resolve_job_def("generate_concepts")
+    backfill = pipeline.instance.create_run_for_job(  # while the retry is queued
+        job,
+        asset_selection=frozenset({QUIZ, FRAMEWORK_ENTRY}),
+        tags=range_tags(dg.PartitionKeyRange(*FAILING)),
+    )
+    retried = pipeline.execute(request)
+    assert retried.success
+    with connect(pipeline.engine) as conn:
+        ledger = conn.execute(select(func.count()).select_from(ContentGeneration)).scalar_one()
+
+    assert execute_run(InMemoryJob(job), backfill, pipeline.instance).success
+    with connect(pipeline.engine) as conn:
+        assert conn.execute(select(func.count()).select_from(ContentGeneration)).scalar_one() == (
+            ledger
+        )
+    recorded = pipeline.instance.get_records_for_run(
+        backfill.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    by_run = {
+        (r.partition_key, r.asset_materialization.metadata["materialized_by_run"].value)
+        for r in recorded
+        if r.asset_key == QUIZ and r.asset_materialization is not None
+    }
+    assert by_run == {(key, retried.run_id) for key in FAILING}
