@@ -27,7 +27,7 @@ import logging
 import operator
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, TypedDict
@@ -77,6 +77,8 @@ class ItemOutcome:
     generated: bool  # the generator was called for it in this run
     error: str | None  # the reason, when failed
     attempts: int  # generator attempts made in this run
+    # Completed by other work since this request was made (see ``DoneElsewhere``): who did it.
+    done_by: str | None = None
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -86,6 +88,7 @@ class ItemOutcome:
             "generated": self.generated,
             "error": self.error,
             "attempts": self.attempts,
+            "done_by": self.done_by,
         }
 
     @classmethod
@@ -98,6 +101,7 @@ class ItemOutcome:
             generated=bool(value.get("generated")),
             error=value.get("error"),
             attempts=int(value.get("attempts") or 0),
+            done_by=value.get("done_by"),
         )
 
 
@@ -117,6 +121,12 @@ class ConceptOutcome:
     @property
     def failed(self) -> bool:
         return any(o.status == "failed" for o in self.items.values())
+
+
+# Asked, under the concept's lock and only for items about to be generated, which of them other
+# work has completed since this request was made (item -> who did it). The orchestrator answers
+# from its own records: a request decided before that work finished must not redo it.
+DoneElsewhere = Callable[[Sequence[ItemType]], Mapping[ItemType, str]]
 
 
 @dataclass(frozen=True)
@@ -300,8 +310,13 @@ class ConceptWorkflow:
         request_id: str,
         preferences: dict[str, Any] | None = None,
         wait_for_lock: bool = True,
+        done_elsewhere: DoneElsewhere | None = None,
     ) -> ConceptOutcome:
-        """Generate the requested items of one concept; resume its unfinished run first."""
+        """Generate the requested items of one concept; resume its unfinished run first.
+
+        ``done_elsewhere`` is asked under the lock, so work that finished while this run waited
+        for it (or before it started) is seen: those items are reported completed with
+        ``done_by`` and are not generated."""
         started = time.monotonic()
         thread_id = concept_key(roadmap_id, concept_id)
         requested = _ordered(items)
@@ -311,7 +326,13 @@ class ConceptWorkflow:
                     roadmap_id, concept_id, thread_id, {}, False, True, time.monotonic() - started
                 )
             outcomes, resumed = self._run_locked(
-                roadmap_id, concept_id, thread_id, requested, request_id, preferences or {}
+                roadmap_id,
+                concept_id,
+                thread_id,
+                requested,
+                request_id,
+                preferences or {},
+                done_elsewhere,
             )
         ordered = {i: outcomes[i] for i in ITEM_ORDER if i in outcomes}
         return ConceptOutcome(
@@ -326,6 +347,7 @@ class ConceptWorkflow:
         requested: list[ItemType],
         request_id: str,
         preferences: dict[str, Any],
+        done_elsewhere: DoneElsewhere | None,
     ) -> tuple[dict[ItemType, ItemOutcome], bool]:
         config: RunnableConfig = {
             "configurable": {"thread_id": thread_id},
@@ -364,6 +386,10 @@ class ConceptWorkflow:
                     outcomes[item] = replace(outcome, generated=False, attempts=0)
             resumed = bool(outcomes)
         remaining = [i for i in requested if i not in outcomes]
+        if remaining and done_elsewhere is not None:
+            for item, by in done_elsewhere(remaining).items():
+                outcomes[item] = ItemOutcome(item, "completed", None, None, False, None, 0, by)
+            remaining = [i for i in remaining if i not in outcomes]
         if remaining:
             if snapshot.values and self.graph.get_state(config).values:
                 self.checkpointer.delete_thread(thread_id)  # a fresh run, not a merge
@@ -465,27 +491,30 @@ def run_concepts(
     concurrency: int,
     on_done: Callable[[ConceptOutcome], None] | None = None,
     preferences: Mapping[str, dict[str, Any]] | None = None,
-    skip: Mapping[tuple[str, str], Collection[ItemType]] | None = None,
+    done_elsewhere: Callable[[str, str], DoneElsewhere] | None = None,
 ) -> list[ConceptOutcome]:
     """Run concepts concurrently (at most ``concurrency`` at once); results in target order.
 
     ``on_done`` is called in the calling thread as each concept finishes. An exception in one
     concept becomes failed items for that concept and never stops the others. ``preferences``:
-    the learner's preferences per roadmap id (from its task), given to the generator. ``skip``:
-    items not to run per target; a target left with none is not run and has no outcome.
+    the learner's preferences per roadmap id (from its task), given to the generator.
+    ``done_elsewhere``: per (roadmap id, concept id), the question ``ConceptWorkflow.run`` asks
+    under the concept's lock.
     """
     wanted = _ordered(items)
     results: list[ConceptOutcome | None] = [None] * len(targets)
     with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="concept") as pool:
         futures = {}
-        for index, target in enumerate(targets):
-            left = [i for i in wanted if i not in (skip or {}).get(target, ())]
-            if not left:
-                continue
-            roadmap_id, concept_id = target
-            preference = (preferences or {}).get(roadmap_id)
+        for index, (roadmap_id, concept_id) in enumerate(targets):
             future = pool.submit(
-                _run_guarded, workflow, roadmap_id, concept_id, left, request_id, preference
+                _run_guarded,
+                workflow,
+                roadmap_id,
+                concept_id,
+                wanted,
+                request_id,
+                (preferences or {}).get(roadmap_id),
+                done_elsewhere(roadmap_id, concept_id) if done_elsewhere else None,
             )
             futures[future] = index
         for future in as_completed(futures):
@@ -503,11 +532,17 @@ def _run_guarded(
     items: list[ItemType],
     request_id: str,
     preferences: dict[str, Any] | None,
+    done_elsewhere: DoneElsewhere | None,
 ) -> ConceptOutcome:
     started = time.monotonic()
     try:
         return workflow.run(
-            roadmap_id, concept_id, items, request_id=request_id, preferences=preferences
+            roadmap_id,
+            concept_id,
+            items,
+            request_id=request_id,
+            preferences=preferences,
+            done_elsewhere=done_elsewhere,
         )
     except Exception as exc:
         logger.exception("concept %s of roadmap %s failed", concept_id, roadmap_id)

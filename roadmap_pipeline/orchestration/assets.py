@@ -17,16 +17,21 @@ manager passes content around.
 """
 
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dagster as dg
 
 from roadmap_pipeline.domain.framework import FrameworkError, load_framework
-from roadmap_pipeline.domain.keys import UnsafeIdError
+from roadmap_pipeline.domain.keys import UnsafeIdError, concept_key
 from roadmap_pipeline.domain.statuses import ITEM_FIELDS, ItemType
 from roadmap_pipeline.generation.locks import locks_for
-from roadmap_pipeline.generation.workflow import ConceptOutcome, ConceptWorkflow, run_concepts
+from roadmap_pipeline.generation.workflow import (
+    ConceptOutcome,
+    ConceptWorkflow,
+    DoneElsewhere,
+    run_concepts,
+)
 from roadmap_pipeline.orchestration.activity import DagsterActivity
 from roadmap_pipeline.orchestration.consistency import latest_targets, roadmap_check_evaluations
 from roadmap_pipeline.orchestration.keys import (
@@ -48,7 +53,7 @@ from roadmap_pipeline.orchestration.resources import (
     ContentGeneratorResource,
     RoadmapDatabase,
 )
-from roadmap_pipeline.orchestration.run_history import materialized_since_created
+from roadmap_pipeline.orchestration.run_history import created_at, materialized_after
 from roadmap_pipeline.store.database import connect
 from roadmap_pipeline.store.invariants import Scope, find_violations, item_states
 from roadmap_pipeline.store.readers import documents, resolve_concept_keys, task_preferences
@@ -163,12 +168,6 @@ def concept_content(
             # that leaves them finished, and its retry reclaims instead of regenerating.
             keep_finished=True,
         )
-        # What another run has materialized since this one was created is done: this run was
-        # decided before that (its backfill or retry saw it failed), and generating it again
-        # would write a second version of work already done.
-        overtaken = materialized_since_created(
-            context.instance, context.run_id, [ITEM_ASSETS[i] for i in items], keys
-        )
         outcomes = run_concepts(
             workflow,
             list(resolved.concepts.values()),
@@ -176,9 +175,9 @@ def concept_content(
             request_id=request_of(context.run),
             concurrency=max(1, generator.max_concurrency),
             preferences=preferences,
-            skip=_items_by_concept(overtaken, resolved.concepts),
+            done_elsewhere=_done_since_created(context.instance, context.run_id),
         )
-        successes, failures = _content_events(outcomes, items, overtaken)
+        successes, failures = _content_events(outcomes, items)
         failures.update(
             {(item, key): reason for key, reason in resolved.problems.items() for item in items}
         )
@@ -214,32 +213,42 @@ def concept_content(
         workflow.prune_recorded(outcomes)  # recorded in Dagster now
 
 
-def _items_by_concept(
-    pairs: Iterable[tuple[dg.AssetKey, str]], concepts: Mapping[str, tuple[str, str]]
-) -> dict[tuple[str, str], set[ItemType]]:
-    """(asset, partition key) pairs as the items of each (roadmap id, concept id)."""
-    items: dict[tuple[str, str], set[ItemType]] = {}
-    for asset_key, key in pairs:
-        if key in concepts:
-            items.setdefault(concepts[key], set()).add(ItemType(ITEM_OF_ASSET[asset_key]))
-    return items
+def _done_since_created(
+    instance: dg.DagsterInstance, run_id: str
+) -> Callable[[str, str], DoneElsewhere] | None:
+    """What another run has materialized since this one was created is done: this run was
+    decided before that (its backfill or retry saw it failed), and generating it again would
+    write a second version of work already done. The workflow asks under the concept's lock, so
+    a run that finished the concept while this one waited for the lock is seen too (it records
+    its materializations before it releases its finished thread)."""
+    created = created_at(instance, run_id)
+    if created is None:
+        return None
+
+    def for_concept(roadmap_id: str, concept_id: str) -> DoneElsewhere:
+        def ask(items: Sequence[ItemType]) -> dict[ItemType, str]:
+            done = materialized_after(
+                instance,
+                created,
+                run_id,
+                [ITEM_ASSETS[i] for i in items],
+                [concept_key(roadmap_id, concept_id)],
+            )
+            return {ItemType(ITEM_OF_ASSET[asset]): by for (asset, _), by in done.items()}
+
+        return ask
+
+    return for_concept
 
 
 def _content_events(
-    outcomes: Sequence[ConceptOutcome],
-    items: Sequence[ItemType],
-    overtaken: Mapping[tuple[dg.AssetKey, str], str],
+    outcomes: Sequence[ConceptOutcome], items: Sequence[ItemType]
 ) -> tuple[list[tuple[dg.AssetKey, str, dict[str, Any]]], dict[tuple[ItemType, str], str]]:
-    successes: list[tuple[dg.AssetKey, str, dict[str, Any]]] = [
-        (asset_key, key, {"generated": False, "materialized_by_run": run_id})
-        for (asset_key, key), run_id in sorted(overtaken.items())
-    ]
+    successes: list[tuple[dg.AssetKey, str, dict[str, Any]]] = []
     failures: dict[tuple[ItemType, str], str] = {}
     for outcome in outcomes:
         key = outcome.thread_id
         for item in items:
-            if (ITEM_ASSETS[item], key) in overtaken:
-                continue
             result = outcome.items.get(item)
             if result is None or result.status != "completed" or outcome.skipped_locked:
                 reason = (
@@ -248,6 +257,15 @@ def _content_events(
                     else (result.error if result else "not attempted") or "failed"
                 )
                 failures[(item, key)] = reason
+                continue
+            if result.done_by is not None:
+                successes.append(
+                    (
+                        ITEM_ASSETS[item],
+                        key,
+                        {"generated": False, "materialized_by_run": result.done_by},
+                    )
+                )
                 continue
             metadata: dict[str, Any] = {
                 "roadmap_id": outcome.roadmap_id,

@@ -96,26 +96,33 @@ def finished_recently(
     return bool(records)
 
 
-def materialized_since_created(
+def created_at(instance: dg.DagsterInstance, run_id: str) -> float | None:
+    """When the run was created, by the time of its first event (None for an unknown run)."""
+    first = instance.get_records_for_run(run_id, limit=1).records
+    return first[0].timestamp if first else None
+
+
+def materialized_after(
     instance: dg.DagsterInstance,
+    after: float,
     run_id: str,
     assets: Sequence[dg.AssetKey],
     keys: Sequence[str],
 ) -> dict[tuple[dg.AssetKey, str], str]:
-    """The (asset, partition) pairs that another run materialized after this run was created,
-    with that run's id: the work this run was asked for has been done since (a UI backfill of
-    failed partitions launched while their automatic retry was running, or the reverse).
+    """The (asset, partition) pairs that a run other than ``run_id`` materialized after the
+    time ``after``, with that run's id. Given this run's ``created_at``, they are the work this
+    run was asked for that has been done since (a UI backfill of failed partitions launched
+    while their automatic retry was running, or the reverse).
 
     Times are the event log's (this run's first event; the materializations'), both written by
     Dagster processes, so the comparison holds on the sharded SQLite storage too, where storage
     ids of different runs are not comparable."""
-    first = instance.get_records_for_run(run_id, limit=1).records
-    if not first or not keys:
-        return {}
     done: dict[tuple[dg.AssetKey, str], str] = {}
+    if not keys:
+        return done
     for asset in assets:
         records_filter = dg.AssetRecordsFilter(
-            asset_key=asset, asset_partitions=list(keys), after_timestamp=first[0].timestamp
+            asset_key=asset, asset_partitions=list(keys), after_timestamp=after
         )
         cursor = None
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -442,6 +443,66 @@ def test_two_workers_on_one_concept_produce_one_set_of_rows(
     else:
         assert other.skipped_locked
         assert other.items == {}
+    assert count_calls(call_log) == {"tutorial": 1, "resources": 1, "quiz": 1}
+    assert row_counts(engine, roadmap.roadmap_id, concept) == {
+        "tutorial": 1,
+        "resources": 1,
+        "quiz": 1,
+        "ledger": 3,
+    }
+
+
+class _HeldByTheTest:
+    """Locks for a worker whose concept lock the test itself holds on its behalf."""
+
+    @contextmanager
+    def hold(self, thread_id: str, wait: bool) -> Iterator[bool]:
+        yield True
+
+
+def test_work_done_elsewhere_while_a_run_waited_for_the_lock_is_not_generated_again(
+    engine, roadmap, workflow, recording, checkpointer, database_url, call_log
+):
+    """A backfill waits on a concept's lock while a retry (another request) finishes two of its
+    items and the orchestrator records them: asked under the lock, the backfill reports those
+    two done by the retry and generates only the third. Asked before the lock, it would have
+    generated all three again."""
+    concept = roadmap.concept_ids[0]
+    recorded: dict[ItemType, str] = {}  # what the orchestrator has recorded since the request
+    asked: list[list[ItemType]] = []
+
+    def done_elsewhere(items: Any) -> dict[ItemType, str]:
+        asked.append(list(items))
+        return {i: by for i, by in recorded.items() if i in items}
+
+    retry = ConceptWorkflow(
+        engine, recording, checkpointer, _HeldByTheTest(), node_retry=FAST_RETRY
+    )
+    result: dict[str, Any] = {}
+    backfill = threading.Thread(
+        target=lambda: result.update(
+            outcome=workflow.run(
+                roadmap.roadmap_id, concept, request_id="backfill", done_elsewhere=done_elsewhere
+            )
+        )
+    )
+    with new_locks(database_url).hold(concept_key(roadmap.roadmap_id, concept), wait=True):
+        backfill.start()
+        time.sleep(0.3)
+        assert asked == []  # still waiting for the lock
+        done = retry.run(roadmap.roadmap_id, concept, [TUTORIAL, RESOURCES], request_id="retry")
+        recorded.update({TUTORIAL: "retry-run", RESOURCES: "retry-run"})
+    backfill.join(timeout=30)
+
+    outcome = result["outcome"]
+    assert asked == [[TUTORIAL, RESOURCES, QUIZ]]
+    assert [(o.done_by, o.generated) for o in outcome.items.values()] == [
+        ("retry-run", False),
+        ("retry-run", False),
+        (None, True),
+    ]
+    assert all(o.status == "completed" for o in outcome.items.values())
+    assert done.items[TUTORIAL].content_version == 1
     assert count_calls(call_log) == {"tutorial": 1, "resources": 1, "quiz": 1}
     assert row_counts(engine, roadmap.roadmap_id, concept) == {
         "tutorial": 1,
