@@ -29,7 +29,7 @@ import dagster as dg
 
 from roadmap_pipeline.domain.framework import load_framework
 from roadmap_pipeline.domain.keys import split_concept_key
-from roadmap_pipeline.orchestration.activity import DagsterActivity
+from roadmap_pipeline.orchestration.activity import RETRY_PROMISE_S, DagsterActivity
 from roadmap_pipeline.orchestration.jobs import generate_concepts_job
 from roadmap_pipeline.orchestration.keys import (
     ATTEMPT_TAG,
@@ -44,7 +44,9 @@ from roadmap_pipeline.orchestration.partitions import CONCEPTS, contiguous_range
 from roadmap_pipeline.orchestration.resources import RoadmapDatabase
 from roadmap_pipeline.orchestration.run_history import (
     finished_recently,
+    finished_runs,
     finished_since,
+    has_retry,
     last_finished_at,
     roadmap_of_key,
 )
@@ -99,6 +101,9 @@ class RetryCursor:
     # The request of the run that failed each "asset|key": its retry serves the same request, so
     # whatever that run (or a run racing it) wrote is found in the ledger, not generated again.
     requests: dict[str, str] = field(default_factory=dict)
+    # Failed runs Dagster has not tagged with its retry decision yet (run id -> update
+    # timestamp): looked at again every tick until it decides, or until its promise lapses.
+    undecided: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def start(cls, instance: dg.DagsterInstance) -> "RetryCursor":
@@ -116,6 +121,7 @@ class RetryCursor:
             dict(data.get("failures", {})),
             dict(data.get("counted", {})),
             dict(data.get("requests", {})),
+            dict(data.get("undecided", {})),
         )
 
     def dump(self) -> str:
@@ -124,6 +130,7 @@ class RetryCursor:
             "failures": self.failures,
             "counted": self.counted,
             "requests": self.requests,
+            "undecided": self.undecided,
         }
         return json.dumps(data, sort_keys=True)
 
@@ -139,19 +146,36 @@ def _read_failures(instance: dg.DagsterInstance, state: RetryCursor, order: list
     """One more failure for every (asset, partition) a newly failed run left FAILED; drop the
     ones that are materialized now.
 
-    A failed run that Dagster's run retries will re-execute (a crashed run worker) is not a
-    failure of its partitions yet: its re-execution's outcome is. So crashes do not use up the
-    attempts that are meant for failing items."""
-    for run in finished_since(instance, state.since, order):
+    A failed run that Dagster's run retries re-execute (a crashed run worker) is not a failure
+    of its partitions yet: its re-execution's outcome is. So crashes do not use up the attempts
+    that are meant for failing items. Dagster tags its decision just after the failure and then
+    launches the retry; a run read before that is looked at again each tick. A retry promised
+    but not launched within RETRY_PROMISE_S, the window in which the other sensors treat such a
+    run as still active, is taken as not coming (Dagster's daemon follows failures by event-log
+    position and can miss one, dagster-io/dagster#33741): this layer retries it then."""
+    now = time.time()
+    runs = finished_since(instance, state.since, order)
+    for run in runs:
         state.since = max(state.since, run.updated)
+    seen = {run.run_id for run in runs}
+    runs += [r for r in finished_runs(instance, state.undecided, order) if r.run_id not in seen]
+    # A run deleted while undecided is forgotten.
+    state.undecided = {r.run_id: r.updated for r in runs if r.run_id in state.undecided}
+    for run in runs:
         if run.status != dg.DagsterRunStatus.FAILURE or not run.concept_keys:
             continue
-        if run.retry_decision == "true" or run.run_id in state.counted:
+        if run.retried or run.run_id in state.counted:
+            state.undecided.pop(run.run_id, None)
             continue
-        if instance.run_retries_enabled and run.retry_decision is None:
-            # Dagster tags a failed run with its retry decision just after the failure; read
-            # before that, a crash would count. The tag changes the run: it comes back then.
+        promised = run.retry_decision == "true" or (
+            instance.run_retries_enabled and run.retry_decision is None
+        )
+        if promised and now - run.updated < RETRY_PROMISE_S:
+            state.undecided[run.run_id] = run.updated
             continue
+        state.undecided.pop(run.run_id, None)
+        if promised and has_retry(instance, run.run_id):
+            continue  # retried, though its parent was never tagged with the retry
         state.counted[run.run_id] = run.updated
         for asset_key in run.content_assets:
             for key, status in _statuses(instance, asset_key, run.concept_keys).items():

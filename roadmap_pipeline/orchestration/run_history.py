@@ -6,7 +6,7 @@ from the planned partitions of failed runs), so a run is the unit both sensors r
 """
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -15,6 +15,8 @@ from dagster._core.storage.dagster_run import RunRecord
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
+    AUTO_RETRY_RUN_ID_TAG,
+    PARENT_RUN_ID_TAG,
     PARTITION_NAME_TAG,
     WILL_RETRY_TAG,
 )
@@ -42,6 +44,13 @@ class FinishedRun:
     # "false", tagged just after the failure on instances with run retries; None until then.
     retry_decision: str | None = None
     request_id: str = ""  # the request it served (keys.request_of): its retries serve it too
+    retried: bool = False  # Dagster's run retries launched its re-execution
+
+
+def has_retry(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """Whether a re-execution of the run exists (its own or its parent's tag aside)."""
+    children = dg.RunsFilter(tags={PARENT_RUN_ID_TAG: run_id})
+    return bool(instance.get_run_records(filters=children, limit=1))
 
 
 def roadmap_of_key(key: str) -> str | None:
@@ -66,6 +75,17 @@ def finished_since(
         ascending=True,
         limit=BATCH,
     )
+    return [_describe(record, ordering) for record in records]
+
+
+def finished_runs(
+    instance: dg.DagsterInstance, run_ids: Iterable[str], ordering: Sequence[str]
+) -> list[FinishedRun]:
+    """These runs as they are now (a run deleted since is left out)."""
+    wanted = list(run_ids)
+    if not wanted:
+        return []
+    records = instance.get_run_records(filters=dg.RunsFilter(run_ids=wanted))
     return [_describe(record, ordering) for record in records]
 
 
@@ -150,6 +170,7 @@ def _describe(record: RunRecord, ordering: Sequence[str]) -> FinishedRun:
         content_assets=frozenset(selection & set(CONTENT_ASSETS)),
         retry_decision=run.tags.get(WILL_RETRY_TAG),
         request_id=request_of(run),
+        retried=AUTO_RETRY_RUN_ID_TAG in run.tags,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import dagster as dg
 import psycopg
+from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG, WILL_RETRY_TAG
 from sqlalchemy import Engine, select, text
 from sqlalchemy.engine import make_url
 
@@ -175,14 +176,19 @@ def describe_runs(instance: dg.DagsterInstance, roadmap_id: str) -> str:
     )
     lines = []
     for run in reversed(runs):
-        tags = {k.split("/")[-1]: v for k, v in run.tags.items() if "roadmap_pipeline" in k}
+        tags = {
+            k.split("/")[-1]: v
+            for k, v in run.tags.items()
+            if "roadmap_pipeline" in k or k in (WILL_RETRY_TAG, RUN_FAILURE_REASON_TAG)
+        }
         lines.append(f"run {run.run_id[:8]} {run.status.value} parent={run.parent_run_id} {tags}")
         for record in instance.all_logs(run.run_id):
             event = record.dagster_event
             if event is None or event.event_type not in failures:
                 continue
-            if event.event_type is dg.DagsterEventType.ENGINE_EVENT and "rror" not in (
-                event.message or ""
+            # Engine events about errors and about Dagster's run retries (why it did not retry).
+            if event.event_type is dg.DagsterEventType.ENGINE_EVENT and not any(
+                word in (event.message or "") for word in ("rror", "etry")
             ):
                 continue
             lines.append(f"    {event.event_type_value}: {(event.message or '')[:300]}")

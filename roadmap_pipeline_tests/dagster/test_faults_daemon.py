@@ -105,7 +105,9 @@ def wait_until_completed(
         wait_for(completed, 600, 2, what)
     except TimeoutError:
         for roadmap_id in roadmaps:
-            print(f"{roadmap_id}:\n{describe_runs(instance, roadmap_id)}")
+            task = task_of(engine, roadmap_id)  # type: ignore[arg-type]
+            state = (task.status, task.failed_concepts) if task is not None else None
+            print(f"{roadmap_id}: task {state}\n{describe_runs(instance, roadmap_id)}")
         raise
 
 

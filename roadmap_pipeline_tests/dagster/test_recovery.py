@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pytest
 from dagster._core.definitions.job_base import InMemoryJob
 from dagster._core.execution.api import execute_run
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
 from sqlalchemy import func, select, update
 
 from roadmap_pipeline.domain.statuses import TaskStatus
+from roadmap_pipeline.orchestration import activity, recovery
 from roadmap_pipeline.orchestration.activity import DagsterActivity
 from roadmap_pipeline.orchestration.keys import (
     ATTEMPT_TAG,
@@ -31,7 +33,7 @@ from roadmap_pipeline.store.database import connect, transaction
 from roadmap_pipeline.store.invariants import Scope, find_violations
 from roadmap_pipeline.store.schema import ContentGeneration, RoadmapTask, TutorialMetadata
 from roadmap_pipeline.store.writers import submit_roadmap
-from roadmap_pipeline_tests.dagster.conftest import Pipeline
+from roadmap_pipeline_tests.dagster.conftest import TEST_CONCURRENCY, Pipeline
 
 ROADMAP = "retried"
 FAILING = [f"{ROADMAP}/c-1-1-2", f"{ROADMAP}/c-1-1-3"]
@@ -372,3 +374,39 @@ def test_a_run_created_before_another_did_its_work_generates_nothing_again(
         if r.asset_key == QUIZ and r.asset_materialization is not None
     }
     assert by_run == {(key, retried.run_id) for key in FAILING}
+
+
+def test_a_retry_dagster_promised_but_never_launched_is_taken_over_when_its_promise_lapses(
+    data_engine: tuple[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster's run retries can miss a failure they promised to retry (dagster-io/dagster#33741):
+    the run says will_retry=true and no re-execution ever comes. Layer 4 leaves the run to them
+    only while the other sensors count it as active, then retries its failed partitions."""
+    url, engine = data_engine
+    # Dagster promises a retry of this run itself (its failure is a step's, as a crash's would
+    # be treated by production's setting).
+    retries = {"enabled": True, "max_retries": 3, "retry_on_asset_or_op_failure": True}
+    overrides = {**TEST_CONCURRENCY, "run_retries": retries}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        pipeline = Pipeline(url, engine, instance, quiz_fails(1000, tmp_path))
+        cursor = retry_sensor_on(pipeline)
+        first = first_run(pipeline)
+        [failed] = instance.get_runs()
+        assert failed.tags[WILL_RETRY_TAG] == "true"  # promised; no daemon here launches it
+
+        waiting = pipeline.tick("failed_partition_retry", cursor)
+        assert isinstance(waiting, dg.SensorResult)
+        assert not waiting.run_requests
+        again = pipeline.tick("failed_partition_retry", waiting.cursor)
+        assert isinstance(again, dg.SensorResult)
+        assert not again.run_requests  # still within the promise: read again, not forgotten
+
+        monkeypatch.setattr(recovery, "RETRY_PROMISE_S", 0.0)
+        monkeypatch.setattr(activity, "RETRY_PROMISE_S", 0.0)
+        lapsed = pipeline.tick("failed_partition_retry", again.cursor)
+        assert isinstance(lapsed, dg.SensorResult)
+        [request] = lapsed.run_requests
+        assert request.partition_key_range == dg.PartitionKeyRange(*FAILING)
+        assert set(request.asset_selection) == {QUIZ, FRAMEWORK_ENTRY}
+        assert request.tags[ATTEMPT_TAG] == "2"
+        assert request.tags[REQUEST_TAG] == first.tags[REQUEST_TAG]
