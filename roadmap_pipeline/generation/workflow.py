@@ -502,11 +502,9 @@ def run_concepts(
     under the concept's lock.
     """
     wanted = _ordered(items)
-    results: list[ConceptOutcome | None] = [None] * len(targets)
     with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="concept") as pool:
-        futures = {}
-        for index, (roadmap_id, concept_id) in enumerate(targets):
-            future = pool.submit(
+        futures = [
+            pool.submit(
                 _run_guarded,
                 workflow,
                 roadmap_id,
@@ -516,13 +514,13 @@ def run_concepts(
                 (preferences or {}).get(roadmap_id),
                 done_elsewhere(roadmap_id, concept_id) if done_elsewhere else None,
             )
-            futures[future] = index
-        for future in as_completed(futures):
-            outcome = future.result()
-            results[futures[future]] = outcome
-            if on_done is not None:
-                on_done(outcome)
-    return [r for r in results if r is not None]
+            for roadmap_id, concept_id in targets
+        ]
+        if on_done is not None:
+            for future in as_completed(futures):
+                on_done(future.result())
+        # _run_guarded turns every exception into failed items: each future holds an outcome.
+        return [future.result() for future in futures]
 
 
 def _run_guarded(
