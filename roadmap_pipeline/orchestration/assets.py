@@ -47,7 +47,13 @@ from roadmap_pipeline.orchestration.keys import (
     TUTORIAL,
     request_of,
 )
-from roadmap_pipeline.orchestration.partitions import CONCEPTS, ROADMAPS, register, roadmap_keys
+from roadmap_pipeline.orchestration.partitions import (
+    CONCEPTS,
+    ROADMAPS,
+    add_partition_metadata,
+    register,
+    roadmap_keys,
+)
 from roadmap_pipeline.orchestration.resources import (
     CheckpointerResource,
     ContentGeneratorResource,
@@ -206,8 +212,7 @@ def concept_content(
                 },
                 allow_retries=False,
             )
-        for asset_key, key, metadata in successes:
-            context.add_asset_metadata(metadata, asset_key=asset_key, partition_key=key)
+        add_partition_metadata(context, keys, successes)
         for item in items:
             yield dg.MaterializeResult(asset_key=ITEM_ASSETS[item], metadata=batch)
         workflow.prune_recorded(outcomes)  # recorded in Dagster now
@@ -349,8 +354,7 @@ def framework_entry(
             f"{len(resolved.problems)} concept key(s) cannot be synced: {shown}",
             allow_retries=False,
         )
-    for key, metadata in entries.items():
-        context.add_asset_metadata(metadata, partition_key=key)
+    add_partition_metadata(context, keys, [(FRAMEWORK_ENTRY, k, m) for k, m in entries.items()])
     return dg.MaterializeResult(metadata={"concepts": len(keys), "roadmaps": len(by_roadmap)})
 
 
