@@ -11,7 +11,12 @@ Both go through the same daemon (sensor / backfill daemon, queued run coordinato
 process) with Postgres storage and production's sensor cadence. Rounds alternate; the medians
 and their ratio are printed. Goal: the roadmap at most 1.5x the floor.
 
-    .venv/bin/python -m benchmarks.pipeline_end_to_end [--rounds 3]
+Each round is also split where the daemon created the run: the pickup (request -> run created)
+is the phase of a tick or loop at the moment of the request (the intake sensor's 10 s interval,
+the backfill daemon's 30 s loop) and varies most from round to round; the run (created -> done)
+is the queue, the run worker's start, the steps and their events. Both medians are printed.
+
+    .venv/bin/python -m benchmarks.pipeline_end_to_end [--rounds 7]
 """
 
 from __future__ import annotations
@@ -21,15 +26,18 @@ import copy
 import statistics
 import time
 import uuid
+from dataclasses import dataclass
 
 import dagster as dg
 
+from roadmap_pipeline.orchestration.keys import ROADMAP_TAG
 from roadmap_pipeline.samples import INCIDENT_ROADMAP, load_sample
 from roadmap_pipeline.store.database import create_store_engine
 from roadmap_pipeline.store.writers import submit_roadmap
 from roadmap_pipeline.testing.dagster_harness import Deployment, dagster_deployment, wait_for
 from roadmap_pipeline_tests.dagster.daemon_support import data_schema, graphql, task_of
 
+SENSOR_INTERVAL_S = 10  # build_definitions' default, which the benchmark's code location keeps
 PG_TEST_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/roadmap_pipeline_test"
 LAUNCH = """
 mutation Launch($params: LaunchBackfillParams!) {
@@ -42,7 +50,24 @@ mutation Launch($params: LaunchBackfillParams!) {
 """
 
 
-def roadmap_round(deployment: Deployment, engine: object, n: int) -> float:
+@dataclass(frozen=True)
+class Round:
+    """One measured round: from the request to done, split where the run was created."""
+
+    total: float
+    pickup: float  # the request until the daemon created the run (a tick's or loop's phase)
+
+    @property
+    def run(self) -> float:
+        return self.total - self.pickup
+
+
+def first_run_created(deployment: Deployment, tags: dict[str, str]) -> float:
+    records = deployment.instance.get_run_records(filters=dg.RunsFilter(tags=tags))
+    return min(r.create_timestamp.timestamp() for r in records)
+
+
+def roadmap_round(deployment: Deployment, engine: object, n: int) -> Round:
     document = copy.deepcopy(load_sample(INCIDENT_ROADMAP))
     roadmap_id = f"bench-{n}-{uuid.uuid4().hex[:6]}"
     document["roadmap_id"] = roadmap_id
@@ -53,7 +78,7 @@ def roadmap_round(deployment: Deployment, engine: object, n: int) -> float:
                 concept["prerequisites"] = [
                     p.replace(INCIDENT_ROADMAP, roadmap_id) for p in concept["prerequisites"]
                 ]
-    started = time.monotonic()
+    submitted, started = time.time(), time.monotonic()
     submit_roadmap(engine, document)  # type: ignore[arg-type]
     wait_for(
         lambda: (t := task_of(engine, roadmap_id)) is not None and t.status == "completed",  # type: ignore[arg-type]
@@ -61,33 +86,43 @@ def roadmap_round(deployment: Deployment, engine: object, n: int) -> float:
         0.25,
         f"roadmap {roadmap_id} to complete",
     )
-    return time.monotonic() - started
+    total = time.monotonic() - started
+    created = first_run_created(deployment, {ROADMAP_TAG: roadmap_id})
+    return Round(total, created - submitted)
 
 
-def floor_round(deployment: Deployment, n: int) -> float:
+def floor_round(deployment: Deployment, n: int) -> Round:
     keys = [f"r{n}-{i:02d}" for i in range(30)]
     deployment.instance.add_dynamic_partitions("bench_keys", keys)
-    started = time.monotonic()
+    launched, started = time.time(), time.monotonic()
     data = graphql(
         deployment.graphql_url,
         LAUNCH,
         {"params": {"assetSelection": [{"path": ["trivial"]}], "partitionNames": keys}},
     )
     backfill_id = data["launchPartitionBackfill"]["backfillId"]
+    tags = {"dagster/backfill": backfill_id}
 
     def finished() -> bool:
-        runs = deployment.instance.get_runs(
-            filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id})
-        )
+        runs = deployment.instance.get_runs(filters=dg.RunsFilter(tags=tags))
         return bool(runs) and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
 
     wait_for(finished, 600, 0.25, f"backfill {backfill_id}")
-    return time.monotonic() - started
+    total = time.monotonic() - started
+    return Round(total, first_run_created(deployment, tags) - launched)
+
+
+def medians(rounds: list[Round]) -> tuple[float, float, float]:
+    return (
+        statistics.median(r.total for r in rounds),
+        statistics.median(r.pickup for r in rounds),
+        statistics.median(r.run for r in rounds),
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     with data_schema(PG_TEST_DB) as url:
         engine = create_store_engine(url)
@@ -95,18 +130,33 @@ def main() -> None:
             database_url=url, module="roadmap_pipeline.testing.bench_defs", webserver=True
         ) as deployment:
             time.sleep(15)  # let the daemon load the code location once
-            roadmap, floor = [], []
+            roadmap: list[Round] = []
+            floor: list[Round] = []
             for n in range(args.rounds):
                 floor.append(floor_round(deployment, n))
                 roadmap.append(roadmap_round(deployment, engine, n))
+                f, r = floor[-1], roadmap[-1]
                 print(
-                    f"round {n + 1}: floor {floor[-1]:.1f}s, roadmap {roadmap[-1]:.1f}s", flush=True
+                    f"round {n + 1}: floor {f.total:.1f}s (pickup {f.pickup:.1f} + run "
+                    f"{f.run:.1f}), roadmap {r.total:.1f}s (pickup {r.pickup:.1f} + run "
+                    f"{r.run:.1f})",
+                    flush=True,
                 )
         engine.dispose()
-    f, r = statistics.median(floor), statistics.median(roadmap)
+    f_total, f_pickup, f_run = medians(floor)
+    r_total, r_pickup, r_run = medians(roadmap)
     print(
-        f"30-concept roadmap end to end: median {r:.1f}s; trivial 30-partition single-run "
-        f"backfill (the floor): median {f:.1f}s; ratio {r / f:.2f}x (goal <= 1.5x)"
+        f"30-concept roadmap end to end: median {r_total:.1f}s; trivial 30-partition single-run "
+        f"backfill (the floor): median {f_total:.1f}s; ratio {r_total / f_total:.2f}x "
+        "(goal <= 1.5x)"
+    )
+    print(
+        f"  pickup (request -> run created; the sensor's {SENSOR_INTERVAL_S} s interval vs the "
+        f"backfill daemon's loop): roadmap {r_pickup:.1f}s, floor {f_pickup:.1f}s"
+    )
+    print(
+        f"  run (created -> done: queue, process start, steps, events): roadmap {r_run:.1f}s, "
+        f"floor {f_run:.1f}s, ratio {r_run / f_run:.2f}x"
     )
 
 
