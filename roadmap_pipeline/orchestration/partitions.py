@@ -8,6 +8,7 @@ roadmap runs as one range (one run, with ``BackfillPolicy.single_run``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,15 +41,15 @@ def roadmap_keys(framework: Framework) -> RoadmapKeys:
 
 
 def registration_requests(
-    instance: dg.DagsterInstance, keys: RoadmapKeys
+    keys: RoadmapKeys, roadmaps: AbstractSet[str], concepts: AbstractSet[str]
 ) -> list[dg.AddDynamicPartitionsRequest]:
     """Requests that add what is not registered yet: the roadmap key and, in one call, its
-    missing concept keys (in document order)."""
+    missing concept keys (in document order). ``roadmaps`` and ``concepts`` are the registered
+    keys, read once by the caller for all its roadmaps: each read loads the whole set."""
     requests = []
-    if not instance.has_dynamic_partition(ROADMAPS.name or "", keys.roadmap_id):
+    if keys.roadmap_id not in roadmaps:
         requests.append(ROADMAPS.build_add_request([keys.roadmap_id]))
-    existing = set(registered_concept_keys(instance, keys.roadmap_id))
-    missing = [k for k in keys.concept_keys if k not in existing]
+    missing = [k for k in keys.concept_keys if k not in concepts]
     if missing:
         requests.append(CONCEPTS.build_add_request(missing))
     return requests
@@ -56,7 +57,13 @@ def registration_requests(
 
 def register(instance: dg.DagsterInstance, keys: RoadmapKeys) -> None:
     """Register a roadmap's keys directly (the demo and tests; sensors return requests instead)."""
-    for request in registration_requests(instance, keys):
+    roadmap_known = instance.has_dynamic_partition(ROADMAPS.name or "", keys.roadmap_id)
+    requests = registration_requests(
+        keys,
+        {keys.roadmap_id} if roadmap_known else set(),
+        set(registered_concept_keys(instance, keys.roadmap_id)),
+    )
+    for request in requests:
         instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
 
 

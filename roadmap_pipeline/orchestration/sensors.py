@@ -104,6 +104,7 @@ def intake_sensor(interval_s: int = 10) -> dg.SensorDefinition:
             return dg.SkipReason("no pending creation task and no unregistered roadmap")
         ensure_pools(instance)
         concept_order = list(instance.get_dynamic_partitions(CONCEPTS.name or ""))
+        known_concepts = set(concept_order)
         partition_requests: list[dg.AddDynamicPartitionsRequest] = []
         run_requests: list[dg.RunRequest] = []
         events: list[dg.AssetMaterialization] = []
@@ -119,13 +120,14 @@ def intake_sensor(interval_s: int = 10) -> dg.SensorDefinition:
                     with transaction(engine) as conn:
                         fail_task(conn, candidate.task_id, message)
                 continue
-            adds = registration_requests(instance, keys)
+            adds = registration_requests(keys, registered, known_concepts)
             partition_requests += adds
             new_keys: set[str] = set()
             for add in adds:
                 if add.partitions_def_name == CONCEPTS.name:
                     concept_order += list(add.partition_keys)
                     new_keys |= set(add.partition_keys)
+            known_concepts |= new_keys
             events.append(
                 dg.AssetMaterialization(
                     asset_key=ROADMAP_FRAMEWORK,

@@ -127,21 +127,37 @@ def test_a_roadmap_materializes_end_to_end_in_one_run(pipeline: Pipeline) -> Non
     assert not isinstance(settle, dg.SensorResult) or not settle.run_requests
 
 
-def test_a_run_reads_the_concept_keys_a_few_times_not_once_per_partition(
-    pipeline: Pipeline, monkeypatch: Any
-) -> None:
-    # Every read of the `concepts` set loads every concept of the fleet: per-partition metadata
-    # that read it once per concept and asset made a run's cost grow with the fleet.
-    submit_roadmap(pipeline.engine, load_sample(ROADMAP))
-    [request] = intake(pipeline).run_requests
+def count_key_reads(monkeypatch: Any, instance: dg.DagsterInstance) -> Counter[str]:
+    """Counts reads of a whole dynamic partition set (each loads every key of the fleet)."""
     reads: Counter[str] = Counter()
-    read_keys = pipeline.instance.get_dynamic_partitions
+    read_keys = instance.get_dynamic_partitions
 
     def counting(partitions_def_name: str) -> Any:
         reads[partitions_def_name] += 1
         return read_keys(partitions_def_name)
 
-    monkeypatch.setattr(pipeline.instance, "get_dynamic_partitions", counting)
+    monkeypatch.setattr(instance, "get_dynamic_partitions", counting)
+    return reads
+
+
+def test_intake_reads_the_registered_keys_once_per_tick_for_all_its_roadmaps(
+    pipeline: Pipeline, monkeypatch: Any
+) -> None:
+    for n in range(3):
+        submit_roadmap(pipeline.engine, synthetic_framework(f"intake-{n}", 5))
+    reads = count_key_reads(monkeypatch, pipeline.instance)
+    result = intake(pipeline)
+
+    assert len(result.run_requests) == 3
+    assert reads == {"roadmaps": 1, "concepts": 1}
+
+
+def test_a_run_reads_the_concept_keys_a_few_times_not_once_per_partition(
+    pipeline: Pipeline, monkeypatch: Any
+) -> None:
+    submit_roadmap(pipeline.engine, load_sample(ROADMAP))
+    [request] = intake(pipeline).run_requests
+    reads = count_key_reads(monkeypatch, pipeline.instance)
     result = pipeline.execute(request)
     during_run = reads[CONCEPTS.name]
 
