@@ -16,7 +16,7 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG, WILL_RETRY_TAG
 
 from roadmap_pipeline.domain.keys import split_concept_key
-from roadmap_pipeline.orchestration.partitions import CONCEPTS, ROADMAPS
+from roadmap_pipeline.orchestration.partitions import CONCEPTS, ROADMAPS, KeyOrder
 from roadmap_pipeline.orchestration.run_history import run_keys
 from roadmap_pipeline.store.activity import ActiveWork
 
@@ -72,12 +72,13 @@ class DagsterActivity:
         wanted = None if roadmap_ids is None else set(roadmap_ids)
         roadmaps: set[str] = set()
         concepts: set[tuple[str, str]] = set()
-        orderings: dict[str, list[str]] = {}
+        orderings: dict[str, KeyOrder] = {}
         for run in self.active_runs():
             start = run.tags.get(ASSET_PARTITION_RANGE_START_TAG, "")
-            name = (CONCEPTS if "/" in start else ROADMAPS).name or ""
+            partitions_def = CONCEPTS if "/" in start else ROADMAPS
+            name = partitions_def.name or ""
             if start and name not in orderings:
-                orderings[name] = list(self._instance.get_dynamic_partitions(name))
+                orderings[name] = KeyOrder(self._instance, partitions_def)
             keys = run_keys(run.tags, orderings.get(name, []))
             for key in keys:
                 if "/" in key:

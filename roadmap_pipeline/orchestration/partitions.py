@@ -7,10 +7,11 @@ roadmap runs as one range (one run, with ``BackfillPolicy.single_run``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Any, overload
 
 import dagster as dg
 
@@ -38,6 +39,51 @@ def roadmap_keys(framework: Framework) -> RoadmapKeys:
     roadmap_id = check_roadmap_id(framework.roadmap_id)
     keys = {concept_key(roadmap_id, c.concept_id): c.concept_id for c in framework.concepts()}
     return RoadmapKeys(roadmap_id, keys)
+
+
+class KeyOrder(Sequence[str]):
+    """The registered keys of a dynamic partition set, in registration order, read from the
+    instance on first use. Each read loads the whole set (every concept of the fleet), so a
+    sensor tick with nothing to do never pays it; membership and position are dict lookups,
+    not scans of the fleet's keys."""
+
+    def __init__(
+        self, instance: dg.DagsterInstance, partitions_def: dg.DynamicPartitionsDefinition
+    ) -> None:
+        self._instance = instance
+        self._name = partitions_def.name or ""
+
+    @cached_property
+    def _keys(self) -> list[str]:
+        return list(self._instance.get_dynamic_partitions(self._name))
+
+    @cached_property
+    def _positions(self) -> dict[str, int]:
+        return {key: position for position, key in enumerate(self._keys)}
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        return self._keys[index]
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._positions
+
+    def index(self, value: Any, start: int = 0, stop: int | None = None) -> int:
+        position = self._positions.get(value)
+        if position is None or position < start or (stop is not None and position >= stop):
+            raise ValueError(f"{value!r} is not a registered {self._name} key")
+        return position
 
 
 def registration_requests(

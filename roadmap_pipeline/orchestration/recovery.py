@@ -40,7 +40,12 @@ from roadmap_pipeline.orchestration.keys import (
     SETTLE_CHECKS,
     task_tags,
 )
-from roadmap_pipeline.orchestration.partitions import CONCEPTS, contiguous_ranges, roadmap_keys
+from roadmap_pipeline.orchestration.partitions import (
+    CONCEPTS,
+    KeyOrder,
+    contiguous_ranges,
+    roadmap_keys,
+)
 from roadmap_pipeline.orchestration.resources import RoadmapDatabase
 from roadmap_pipeline.orchestration.run_history import (
     finished_recently,
@@ -142,7 +147,7 @@ def _statuses(
     return dict(found or {})
 
 
-def _read_failures(instance: dg.DagsterInstance, state: RetryCursor, order: list[str]) -> None:
+def _read_failures(instance: dg.DagsterInstance, state: RetryCursor, order: Sequence[str]) -> None:
     """One more failure for every (asset, partition) a newly failed run left FAILED; drop the
     ones that are materialized now.
 
@@ -224,7 +229,7 @@ def failed_partition_retry_sensor(settings: RetrySettings, running: bool) -> dg.
         if not context.cursor:
             return dg.SensorResult(cursor=RetryCursor.start(instance).dump())
         state = RetryCursor.parse(context.cursor)
-        order = list(instance.get_dynamic_partitions(CONCEPTS.name or ""))
+        order = KeyOrder(instance, CONCEPTS)
         _read_failures(instance, state, order)
         now = time.time()
         due: dict[str, dict[str, int]] = defaultdict(dict)  # key -> asset -> failures
@@ -326,7 +331,7 @@ def stuck_task_recovery_sensor(settings: RecoverySettings) -> dg.SensorDefinitio
         )
         budget = settings.max_concurrent_recoveries - len(running)
         activity = DagsterActivity(instance).active({t.roadmap_id for t in candidates})
-        order = list(instance.get_dynamic_partitions(CONCEPTS.name or ""))
+        order = KeyOrder(instance, CONCEPTS)
         requests: list[dg.RunRequest] = []
         events: list[dg.AssetMaterialization] = []
         for task in candidates:
@@ -357,7 +362,7 @@ def recovery_requests(
     database: RoadmapDatabase,
     task: Any,
     keys: list[str],
-    order: list[str],
+    order: Sequence[str],
 ) -> tuple[list[dg.RunRequest], list[dg.AssetMaterialization]]:
     """Runs for the items that have no row (judged from the data, not from Dagster's record,
     which a dead run never completed), or one settle run when every row exists. Rows Dagster

@@ -4,7 +4,7 @@ Both read Dagster's own run status to decide whether work is still running, neve
 """
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ from roadmap_pipeline.orchestration.keys import (
 from roadmap_pipeline.orchestration.partitions import (
     CONCEPTS,
     ROADMAPS,
+    KeyOrder,
     RoadmapKeys,
     contiguous_ranges,
     registration_requests,
@@ -58,7 +59,7 @@ def range_tags(key_range: dg.PartitionKeyRange) -> dict[str, str]:
 
 def concept_run_requests(
     roadmap_id: str,
-    ordered: list[str],
+    ordered: Sequence[str],
     wanted: Iterable[str],
     assets: Iterable[dg.AssetKey],
     run_key: str,
@@ -225,7 +226,7 @@ def adopted_row_events(
 
 def grouped_run_requests(
     roadmap_id: str,
-    order: list[str],
+    order: Sequence[str],
     missing: dict[str, set[str]],
     run_key: str,
     tags: dict[str, str] | None = None,
@@ -291,7 +292,7 @@ def settlement_sensor(interval_s: int = 10) -> dg.SensorDefinition:
     def roadmap_settlement(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         state = SettlementCursor.parse(context.cursor)
         instance = context.instance
-        order = list(instance.get_dynamic_partitions(CONCEPTS.name or ""))
+        order = KeyOrder(instance, CONCEPTS)
         for run in finished_since(instance, state.since, order):
             state.since = max(state.since, run.updated)
             if run.content_assets:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
+import pytest
 from sqlalchemy import select
 
 from roadmap_pipeline.definitions import build_definitions
@@ -23,7 +24,7 @@ from roadmap_pipeline.orchestration.keys import (
     ROADMAP_FRAMEWORK,
     TUTORIAL,
 )
-from roadmap_pipeline.orchestration.partitions import CONCEPTS, registered_concept_keys
+from roadmap_pipeline.orchestration.partitions import CONCEPTS, KeyOrder, registered_concept_keys
 from roadmap_pipeline.orchestration.resources import CheckpointerResource, RoadmapDatabase
 from roadmap_pipeline.samples import load_sample, synthetic_framework
 from roadmap_pipeline.store.activity import NothingRunning
@@ -166,6 +167,45 @@ def test_a_run_reads_the_concept_keys_a_few_times_not_once_per_partition(
     # Dagster's own reads are per step and asset (planning, inputs, outputs: 21 in 1.13) and
     # ours one per step; per-partition reads would be 4 x 30 more.
     assert during_run < 30, reads
+
+
+def test_sensor_ticks_with_nothing_new_read_no_partition_keys(
+    pipeline: Pipeline, monkeypatch: Any
+) -> None:
+    submit_roadmap(pipeline.engine, load_sample(ROADMAP))
+    [request] = intake(pipeline).run_requests
+    assert pipeline.execute(request).success
+    cursors = {}
+    for sensor in ("roadmap_settlement", "failed_partition_retry"):
+        first = pipeline.tick(sensor)  # takes in the finished run
+        assert isinstance(first, dg.SensorResult)
+        cursors[sensor] = first.cursor
+    reads = count_key_reads(monkeypatch, pipeline.instance)
+
+    for sensor, cursor in cursors.items():
+        again = pipeline.tick(sensor, cursor)
+        assert not isinstance(again, dg.SensorResult) or not again.run_requests
+    assert not isinstance(pipeline.tick("stuck_task_recovery"), dg.SensorResult)
+
+    assert reads == {}
+
+
+def test_a_key_order_is_read_once_on_first_use_and_indexed(
+    pipeline: Pipeline, monkeypatch: Any
+) -> None:
+    pipeline.instance.add_dynamic_partitions(CONCEPTS.name, ["r/b", "r/a", "r/c"])
+    reads = count_key_reads(monkeypatch, pipeline.instance)
+    order = KeyOrder(pipeline.instance, CONCEPTS)
+    assert reads == {}
+
+    assert list(order) == ["r/b", "r/a", "r/c"]  # registration order, not sorted
+    assert "r/a" in order
+    assert "r/x" not in order
+    assert order.index("r/c") == 2
+    assert order[order.index("r/a") : order.index("r/c") + 1] == ["r/a", "r/c"]
+    with pytest.raises(ValueError, match="r/x"):
+        order.index("r/x")
+    assert reads == {CONCEPTS.name: 1}
 
 
 def test_failing_quizzes_fail_exactly_their_partitions_and_settle_partial_failure(
